@@ -1,0 +1,3 @@
+from rubricate.cli import main
+
+main()
