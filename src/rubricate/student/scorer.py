@@ -1,0 +1,186 @@
+"""Scoring with a trained student checkpoint: ``Scorer.from_pretrained(dir).predict(task_ids, texts)``.
+
+**Confidence** (``Prediction.confidence``) is the smallest of the per-part certainties of a response:
+for each ordinal scale, the largest probability of its score distribution (``max_k P(score = k)``, see
+``LabelEncoding.score_distribution``); for each analytic criterion, ``max(p, 1 - p)``.
+A response is only as certain as its least certain part, so a reviewer queue can sort on it.
+
+Backends: ``"torch"`` runs the PyTorch model (``quantize=True`` applies dynamic int8 quantization to its
+Linear layers); ``"onnx"`` uses ``rubricate.student.export.OnnxEngine`` on ``onnx/model.onnx`` (or
+``onnx/model.int8.onnx`` when ``quantize=True``); ``"auto"`` picks ONNX when such a file exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from rubricate.errors import InputError, UnknownTaskError
+from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
+from rubricate.tasks import TaskRegistry
+
+Backend = Literal["auto", "torch", "onnx"]
+
+
+@dataclass
+class Prediction:
+    task_id: str
+    response_id: str | None
+    scores: dict[str, int]  # decoded, per scale id and per criterion id
+    probs: dict[str, float]  # per label name ("E1", "score>=2", ...)
+    score_distribution: dict[str, list[float]]  # per scale: P(score = min..max)
+    confidence: float  # see the module docstring
+    gate_weights: list[list[float]] = field(default_factory=list)  # [n_moe_layers][n_experts]; [] without MoE
+    model_id: str = ""
+    model_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confidence_of(enc: LabelEncoding, probs: np.ndarray) -> float:
+    """min over scales of max_k P(score = k) and over criteria of max(p, 1 - p), for one row of probabilities."""
+    parts: list[float] = []
+    for sc in enc.scales:
+        parts.append(float(enc.score_distribution(probs[None, :], sc.id)[0].max()))
+    for i, s in enumerate(enc.specs):
+        if s.kind == "criterion":
+            parts.append(float(max(probs[i], 1.0 - probs[i])))
+    return min(parts) if parts else 1.0
+
+
+class Scorer:
+    """A loaded student checkpoint that turns (task id, text) pairs into :class:`Prediction` objects."""
+
+    def __init__(self, model: Any, tokenizer: Any, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
+                 doc: dict[str, Any], engine: Any | None = None, threshold: float = DEFAULT_THRESHOLD,
+                 checkpoint_dir: Path | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tasks = registry
+        self.encodings = encodings
+        self.doc = doc
+        self.engine = engine
+        self.threshold = threshold
+        self.checkpoint_dir = checkpoint_dir
+        cfg = doc["model"]
+        self.task_ids: list[str] = list(cfg["task_ids"])
+        self.max_length = int(cfg["max_length"])
+        self.max_labels = max(cfg["n_labels"])
+        self.model_id: str = str(doc.get("model_id") or (checkpoint_dir.name if checkpoint_dir else "student"))
+        self.model_version: str = str(doc.get("model_version", ""))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.engine is not None else "torch"
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dir: str | Path, backend: Backend = "auto", quantize: bool = False,
+                        threshold: float = DEFAULT_THRESHOLD, num_threads: int | None = None) -> "Scorer":
+        from transformers import AutoTokenizer
+
+        d = Path(checkpoint_dir)
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
+        cfg_path = d / "config.json"
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"{d} is not a student checkpoint (no config.json)")
+        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        registry = TaskRegistry.from_snapshot(doc["tasks"])
+        encodings = {t: LabelEncoding.from_dict(e) for t, e in doc["label_encodings"].items()}
+        onnx_file = d / "onnx" / ("model.int8.onnx" if quantize else "model.onnx")
+        engine = None
+        model = None
+        if backend == "onnx" or (backend == "auto" and onnx_file.exists()):
+            if not onnx_file.exists():
+                raise FileNotFoundError(f"no ONNX export at {onnx_file} (run `rubricate export` first)")
+            from rubricate.student.export import OnnxEngine
+
+            engine = OnnxEngine(onnx_file)
+            tok = AutoTokenizer.from_pretrained(str(d))
+        else:
+            import torch
+
+            from rubricate.student.modeling import load_model
+
+            if num_threads:
+                torch.set_num_threads(num_threads)
+            model, tok, doc = load_model(d)
+            if quantize:
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+                model.eval()
+        return cls(model, tok, registry, encodings, doc, engine, threshold, d)
+
+    # ------------------------------------------------------------------------------------------------
+    def _forward(self, ids: list[list[int]], tidx: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.engine is None:
+            from rubricate.student.modeling import run_model
+
+            return run_model(self.model, ids, tidx, self.pad_id, batch_size)
+        n = len(ids)
+        order = sorted(range(n), key=lambda i: len(ids[i]))
+        logits = np.zeros((n, self.max_labels), dtype=np.float32)
+        gates: np.ndarray | None = None
+        for s in range(0, n, batch_size):
+            rows = order[s: s + batch_size]
+            T = max(len(ids[i]) for i in rows)
+            inp = np.full((len(rows), T), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), T), dtype=np.int64)
+            for j, i in enumerate(rows):
+                inp[j, : len(ids[i])] = ids[i]
+                mask[j, : len(ids[i])] = 1
+            lg, g = self.engine.run(inp, mask, tidx[rows].astype(np.int64))
+            logits[rows] = lg
+            if g is not None and np.size(g):
+                if gates is None:
+                    gates = np.zeros((n, *np.shape(g)[1:]), dtype=np.float32)
+                gates[rows] = g
+        return logits, gates
+
+    def predict_logits(self, task_ids: Sequence[str], texts: Sequence[str],
+                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw padded logits (N, max_labels) and gate weights (N, n_moe, M) or None."""
+        if len(task_ids) != len(texts):
+            raise InputError(f"{len(task_ids)} task ids but {len(texts)} texts")
+        index = {t: i for i, t in enumerate(self.task_ids)}
+        for i, (t, x) in enumerate(zip(task_ids, texts)):
+            if t not in index:
+                raise UnknownTaskError(t, self.task_ids)
+            if not isinstance(x, str) or not x.strip():
+                raise InputError("empty response text", line=i + 1, column="text")
+        if not texts:
+            return np.zeros((0, self.max_labels), dtype=np.float32), None
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        tidx = np.array([index[t] for t in task_ids], dtype=np.int64)
+        return self._forward([list(x) for x in ids], tidx, batch_size)
+
+    def predict(self, task_ids: Sequence[str], texts: Sequence[str], batch_size: int = 64,
+                response_ids: Sequence[str] | None = None) -> list[Prediction]:
+        """Score responses; order of the output = order of the input."""
+        if response_ids is not None and len(response_ids) != len(texts):
+            raise InputError(f"{len(response_ids)} response ids but {len(texts)} texts")
+        logits, gates = self.predict_logits(task_ids, texts, batch_size)
+        probs_all = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        out: list[Prediction] = []
+        for i, tid in enumerate(task_ids):
+            enc = self.encodings[tid]
+            p = probs_all[i, : enc.n_labels]
+            scores = {k: int(v[0]) for k, v in enc.decode_scores(p[None, :], self.threshold).items()}
+            dist = {sc.id: [float(x) for x in enc.score_distribution(p[None, :], sc.id)[0]] for sc in enc.scales}
+            out.append(Prediction(
+                task_id=tid,
+                response_id=None if response_ids is None else str(response_ids[i]),
+                scores=scores,
+                probs={name: float(p[j]) for j, name in enumerate(enc.names)},
+                score_distribution=dist,
+                confidence=confidence_of(enc, p),
+                gate_weights=[] if gates is None else [[float(x) for x in layer] for layer in gates[i]],
+                model_id=self.model_id,
+                model_version=self.model_version,
+            ))
+        return out

@@ -1,0 +1,630 @@
+"""Training the student: losses, mixed-task batches, AdamW with warm-up, early stopping, checkpoints.
+
+Total loss (every weight is a field of :class:`TrainingArguments`, nothing is hidden)::
+
+    L = L_task + lambda_lb * L_LB + lambda_kd * L_KD
+
+* ``L_task`` - :func:`bce_loss`: binary cross-entropy on the task's labels, mean over the labels that are
+  present (missing labels are NaN and masked);
+* ``L_KD`` - :func:`distillation_loss`: ``BCE(sigmoid(z/tau), sigmoid(z_teacher/tau)) * tau^2``, mean over
+  labels with a teacher value (the authors' code multiplies KD by an undisclosed 0.05; we don't);
+* ``L_LB`` - :func:`load_balancing_loss`: ``(1/M) sum_j (mean_batch alpha_j - 1/M)^2``, averaged over MoE layers.
+
+Methods (``TrainingArguments.method``), same code, same splits:
+
+* ``individual`` - one encoder + head per task (a folder of single-task checkpoints);
+* ``mtl`` - shared encoder + per-task heads;
+* ``unimoe`` - MTL + MoE blocks with the task-aware gate;
+* ``unimoe_guided`` - UniMoE + distillation from a teacher-outputs file.
+
+Early stopping watches the **validation metric**: the mean over tasks of the quadratic weighted kappa
+of the decoded primary score (``Task.primary_scale``); a purely analytic task contributes its mean
+Cohen's kappa over criteria instead. Kappa is the field's agreement measure, so we select on it
+rather than on the loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rubricate.data.records import Record, read_records
+from rubricate.data.teacher_file import AlignPolicy, align_teacher, read_teacher_file
+from rubricate.errors import InputError, UnknownTaskError
+from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
+from rubricate.student.modeling import (
+    StudentConfig,
+    StudentModel,
+    load_model,
+    pad_batch,
+    run_model,
+    save_model,
+)
+from rubricate.tasks import TaskRegistry
+
+Method = Literal["individual", "mtl", "unimoe", "unimoe_guided"]
+METHODS = ("individual", "mtl", "unimoe", "unimoe_guided")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits, mean over the (example, label) entries that have a target.
+
+    logits, targets: (B, L); targets may hold NaN for missing labels; ``mask`` (B, L) bool marks the
+    columns that exist for each row (padding of shorter tasks is False). Returns 0 when nothing is valid.
+    """
+    valid = ~torch.isnan(targets)
+    if mask is not None:
+        valid = valid & mask
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return nn.functional.binary_cross_entropy_with_logits(logits[valid], targets[valid])
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``BCE(sigmoid(z/tau), sigmoid(z_teacher/tau)) * tau^2``, mean over entries with a teacher value.
+
+    The tau^2 factor keeps the gradient scale independent of tau (Hinton et al., 2015). Teachers that
+    only give probabilities are converted to logits first (:meth:`TeacherRow.as_logits`), so the same
+    temperature softens both sides. ``teacher_logits`` may hold NaN (no teacher for that row).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    valid = ~torch.isnan(teacher_logits)
+    if mask is not None:
+        valid = valid & mask
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    soft = torch.sigmoid(teacher_logits[valid] / temperature)
+    return nn.functional.binary_cross_entropy_with_logits(logits[valid] / temperature, soft) * temperature ** 2
+
+
+def load_balancing_loss(gate_weights: torch.Tensor) -> torch.Tensor:
+    """``(1/M) * sum_j (alpha_bar_j - 1/M)^2`` with alpha_bar the batch-mean gate weight, averaged over layers.
+
+    gate_weights: (B, n_moe, M). Zero when every expert gets the same average share.
+    """
+    m = gate_weights.shape[-1]
+    alpha_bar = gate_weights.mean(dim=0)  # (n_moe, M)
+    return ((alpha_bar - 1.0 / m) ** 2).mean(dim=-1).mean()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Arguments (= recipe keys)
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingArguments:
+    """Every knob of :func:`train`; a recipe YAML under ``recipes/`` holds exactly these keys."""
+
+    # data
+    tasks: str = ""  #: task folder or file (TaskRegistry.from_dir)
+    train_data: str = ""  #: training records (native JSONL, see rubricate.data.records)
+    val_data: str | None = None  #: validation records for early stopping (None: no early stopping)
+    task_ids: list[str] | None = None  #: train on these tasks only (default: every task with training rows)
+    output_dir: str = "runs/student"
+    method: Method = "unimoe_guided"
+    # model
+    encoder: str = "minilm"  #: "minilm", "mpnet" or a HF encoder directory
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = 128
+    n_experts: int = 4
+    n_moe_layers: int = 2
+    moe_placement: Literal["token", "pooled"] = "token"
+    expert_hidden: int | None = None  #: expert inner size (None: the encoder's hidden size)
+    gate_hidden: int = 128
+    task_emb_dim: int = 32
+    head_hidden: int = 256
+    dropout: float = 0.1
+    # optimisation
+    epochs: float = 3.0
+    max_steps: int | None = None  #: stop after this many optimizer steps (for quick runs)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr_encoder: float = 5e-5
+    lr_new: float = 1e-3  #: MoE, task embeddings and heads (newly initialised, so a larger step)
+    weight_decay: float = 0.01  #: AdamW decoupled decay (not applied to biases, LayerNorms, embeddings)
+    warmup_ratio: float = 0.1  #: linear warm-up over this share of the steps, then linear decay to 0
+    max_grad_norm: float = 1.0
+    bucket_batches: int = 50  #: length bucketing: sort by length within windows of this many batches
+    seed: int = 42
+    num_threads: int | None = None  #: torch CPU threads (None: torch's default)
+    # losses
+    lambda_lb: float = 0.01
+    lambda_kd: float = 1.0
+    kd_temperature: float = 2.0
+    teacher_file: str | None = None
+    teacher_policy: AlignPolicy = "ignore_extra"
+    teacher_eps: float = 1e-4  #: clip teacher probabilities to [eps, 1-eps] before taking logits
+    # early stopping / decoding
+    evals_per_epoch: int = 1
+    early_stopping_patience: int = 2  #: evaluations without improvement before stopping
+    min_delta: float = 0.0
+    threshold: float = DEFAULT_THRESHOLD  #: decision threshold on each label probability
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "unimoe_guided" and not self.teacher_file:
+            raise ValueError("method 'unimoe_guided' needs a teacher_file (see `rubricate teach`)")
+
+    @property
+    def use_moe(self) -> bool:
+        return self.method in ("unimoe", "unimoe_guided")
+
+    @property
+    def use_kd(self) -> bool:
+        return self.method == "unimoe_guided" and self.lambda_kd > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<recipe>") -> "TrainingArguments":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown recipe keys {unknown} (known: {sorted(known)})", file=source)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise InputError(str(e), file=source) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainingArguments":
+        """Load a recipe; relative data/task paths stay relative to the current directory."""
+        import yaml
+
+        p = Path(path)
+        try:
+            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"invalid YAML: {e}", file=p) from None
+        if not isinstance(d, dict):
+            raise InputError("a recipe must be a mapping of TrainingArguments keys", file=p)
+        d.update(overrides or {})
+        return cls.from_dict(d, str(p))
+
+    def model_config(self, task_ids: list[str], n_labels: list[int]) -> StudentConfig:
+        return StudentConfig(task_ids=list(task_ids), n_labels=list(n_labels), encoder=self.encoder,
+                             pooling=self.pooling, max_length=self.max_length, use_moe=self.use_moe,
+                             n_experts=self.n_experts, n_moe_layers=self.n_moe_layers,
+                             moe_placement=self.moe_placement, expert_hidden=self.expert_hidden,
+                             gate_hidden=self.gate_hidden, task_emb_dim=self.task_emb_dim,
+                             head_hidden=self.head_hidden, dropout=self.dropout)
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data preparation
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class EncodedSet:
+    """Tokenised records with padded targets, ready for batching.
+
+    ``targets`` and ``teacher`` are (N, max_labels) float32, NaN where missing or padding.
+    """
+
+    keys: list[tuple[str, str]]
+    input_ids: list[list[int]]
+    task_index: np.ndarray
+    targets: np.ndarray
+    teacher: np.ndarray | None = None
+    hidden: list[torch.Tensor] | None = None  # cached encoder outputs (T_i, H), for a frozen encoder
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, idx: Sequence[int]) -> "EncodedSet":
+        idx = list(idx)
+        return EncodedSet([self.keys[i] for i in idx], [self.input_ids[i] for i in idx], self.task_index[idx],
+                          self.targets[idx], None if self.teacher is None else self.teacher[idx],
+                          None if self.hidden is None else [self.hidden[i] for i in idx])
+
+
+def check_records(records: Sequence[Record], task_ids: Sequence[str], registry: TaskRegistry,
+                  source: str = "<records>") -> None:
+    """Every record's task must be known to the model; labels must fit the rubric."""
+    known = set(task_ids)
+    for i, r in enumerate(records, start=1):
+        if r.task_id not in known:
+            if r.task_id not in registry:
+                raise UnknownTaskError(r.task_id, list(known))
+            raise InputError(f"task '{r.task_id}' is not one of the model's tasks {sorted(known)}",
+                             file=source, line=i, column="task_id")
+        problems = registry.get(r.task_id).check_labels(r.labels)
+        if problems:
+            raise InputError("; ".join(problems), file=source, line=i, column="labels")
+        if not r.text.strip():
+            raise InputError("empty response text", file=source, line=i, column="text")
+
+
+def encode_records(records: Sequence[Record], tokenizer: Any, task_ids: Sequence[str],
+                   encodings: dict[str, LabelEncoding], max_length: int) -> EncodedSet:
+    """Tokenise (truncate to ``max_length``, no padding: batches are padded dynamically) and encode labels."""
+    index = {t: i for i, t in enumerate(task_ids)}
+    L = max(encodings[t].n_labels for t in task_ids)
+    ids = tokenizer([r.text for r in records], truncation=True, max_length=max_length)["input_ids"] \
+        if records else []
+    targets = np.full((len(records), L), np.nan, dtype=np.float32)
+    for i, r in enumerate(records):
+        enc = encodings[r.task_id]
+        targets[i, : enc.n_labels] = enc.encode(r.labels)
+    return EncodedSet([r.key for r in records], [list(x) for x in ids],
+                      np.array([index[r.task_id] for r in records], dtype=np.int64), targets)
+
+
+def attach_teacher(data: EncodedSet, teacher_file: str | Path, encodings: dict[str, LabelEncoding],
+                   policy: AlignPolicy, eps: float) -> int:
+    """Join a teacher file to ``data`` by (task_id, response_id); returns the number of rows covered."""
+    names = {t: e.names for t, e in encodings.items()}
+    rows = read_teacher_file(teacher_file, label_names=names)
+    aligned = align_teacher(rows, data.keys, policy=policy, source=teacher_file)
+    L = data.targets.shape[1]
+    teacher = np.full((len(data), L), np.nan, dtype=np.float32)
+    covered = 0
+    for i, row in enumerate(aligned):
+        if row is None:
+            continue
+        z = row.as_logits(eps)
+        teacher[i, : len(z)] = z
+        covered += 1
+    data.teacher = teacher
+    return covered
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, bucket_batches: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """Mixed-task batches with length bucketing.
+
+    Shuffle all rows (tasks mix freely), cut the order into windows of ``bucket_batches * batch_size``,
+    sort each window by length, cut into batches, then shuffle the batches: similar lengths share a
+    batch (little padding) while the batch order stays random.
+    """
+    order = rng.permutation(len(lengths))
+    window = max(1, bucket_batches) * batch_size
+    batches = []
+    lens = np.asarray(lengths)
+    for s in range(0, len(order), window):
+        chunk = order[s: s + window]
+        chunk = chunk[np.argsort(lens[chunk], kind="stable")]
+        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# --------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------
+def task_agreement(enc: LabelEncoding, primary_scale: str | None, probs: np.ndarray, targets: np.ndarray,
+                   threshold: float) -> float:
+    """QWK of the decoded primary score, or mean Cohen's kappa over criteria for analytic-only tasks."""
+    from sklearn.metrics import cohen_kappa_score
+
+    pred = enc.decode_scores(probs, threshold)
+    gold_rows = enc.decode_targets(targets)
+    if primary_scale is not None:
+        keep = [i for i, g in enumerate(gold_rows) if primary_scale in g]
+        if not keep:
+            return float("nan")
+        y = [gold_rows[i][primary_scale] for i in keep]
+        sc = next(s for s in enc.scales if s.id == primary_scale)
+        k = cohen_kappa_score(y, pred[primary_scale][keep], weights="quadratic",
+                              labels=list(range(sc.min, sc.max + 1)))
+        return 0.0 if math.isnan(k) else float(k)
+    kappas = []
+    for c in enc.criteria:
+        keep = [i for i, g in enumerate(gold_rows) if c in g]
+        if keep:
+            k = cohen_kappa_score([gold_rows[i][c] for i in keep], pred[c][keep], labels=[0, 1])
+            kappas.append(0.0 if math.isnan(k) else float(k))
+    return float(np.mean(kappas)) if kappas else float("nan")
+
+
+def evaluate_agreement(model: StudentModel, data: EncodedSet, registry: TaskRegistry,
+                       encodings: dict[str, LabelEncoding], pad_id: int, batch_size: int,
+                       threshold: float, logits: np.ndarray | None = None) -> dict[str, Any]:
+    """Per-task agreement (see :func:`task_agreement`) and their mean, the early-stopping metric."""
+    if logits is None:
+        logits, _ = run_model(model, data.input_ids, data.task_index, pad_id, batch_size)
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    per_task = {}
+    for ti, tid in enumerate(model.config.task_ids):
+        rows = np.where(data.task_index == ti)[0]
+        if len(rows) == 0:
+            continue
+        enc = encodings[tid]
+        task = registry.get(tid)
+        ps = task.primary_scale.id if task.primary_scale else None
+        per_task[tid] = task_agreement(enc, ps, probs[rows, : enc.n_labels], data.targets[rows, : enc.n_labels],
+                                       threshold)
+    vals = [v for v in per_task.values() if not math.isnan(v)]
+    return {"mean_agreement": float(np.mean(vals)) if vals else float("nan"), "per_task": per_task}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The training loop (shared with add-task)
+# --------------------------------------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def param_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Split into decayed / not decayed (biases, norms, embeddings are not decayed)."""
+    decay, no_decay = [], []
+    for n, p in named:
+        if not p.requires_grad:
+            continue
+        lname = n.lower()
+        if p.ndim < 2 or "norm" in lname or "embedding" in lname:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
+ForwardFn = Callable[[EncodedSet, np.ndarray], Any]
+
+
+def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, args: TrainingArguments,
+        groups: list[dict[str, Any]], forward: ForwardFn,
+        evaluate: Callable[[], dict[str, Any]] | None,
+        use_kd: bool, grad_hook: Callable[[], None] | None = None, desc: str = "train") -> dict[str, Any]:
+    """Optimise ``model`` on ``train_set``; keep (and restore) the weights of the best evaluation.
+
+    ``forward(data, rows)`` returns a :class:`StudentOutput` for a batch; ``evaluate()`` returns a dict
+    with ``mean_agreement``. ``grad_hook`` runs after backward (add-task uses it to zero the gradients of
+    frozen rows). Returns the training summary (history, best metric, steps, seconds).
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    rng = np.random.default_rng(args.seed)
+    lengths = [len(x) for x in train_set.input_ids]
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    total = math.ceil(steps_per_epoch * args.epochs)
+    if args.max_steps is not None:
+        total = min(total, args.max_steps)
+    total = max(total, 1)
+    opt = torch.optim.AdamW(groups)
+    sched = get_linear_schedule_with_warmup(opt, int(args.warmup_ratio * total), total)
+    eval_every = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
+    params = [p for g in groups for p in g["params"]]
+
+    best = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = []
+    bad_evals = 0
+    step = 0
+    t0 = time.time()
+    last_val = float("nan")
+    running = None
+    stopped_early = False
+    bar = tqdm(total=total, desc=desc, disable=not args.progress, dynamic_ncols=True)
+    try:
+        while step < total and not stopped_early:
+            for rows in bucketed_batches(lengths, args.batch_size, args.bucket_batches, rng):
+                model.train()
+                out = forward(train_set, rows)
+                targets = torch.from_numpy(train_set.targets[rows])
+                l_task = bce_loss(out.logits, targets, out.label_mask)
+                loss = l_task
+                parts = {"task": l_task.item()}
+                if out.gate_weights is not None and args.lambda_lb > 0:
+                    l_lb = load_balancing_loss(out.gate_weights)
+                    loss = loss + args.lambda_lb * l_lb
+                    parts["lb"] = l_lb.item()
+                if use_kd and train_set.teacher is not None:
+                    l_kd = distillation_loss(out.logits, torch.from_numpy(train_set.teacher[rows]),
+                                             args.kd_temperature, out.label_mask)
+                    loss = loss + args.lambda_kd * l_kd
+                    parts["kd"] = l_kd.item()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_hook is not None:
+                    grad_hook()
+                if args.max_grad_norm and args.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+                opt.step()
+                sched.step()
+                step += 1
+                running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
+                if evaluate is not None and (step % eval_every == 0 or step == total):
+                    res = evaluate()
+                    last_val = res["mean_agreement"]
+                    history.append({"step": step, "epoch": step / steps_per_epoch, "loss": running, **parts,
+                                    "val_mean_agreement": last_val, "val_per_task": res.get("per_task", {}),
+                                    "seconds": time.time() - t0})
+                    bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
+                    if last_val > best + args.min_delta:
+                        best = last_val
+                        best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+                        bad_evals = 0
+                    else:
+                        bad_evals += 1
+                        if bad_evals >= args.early_stopping_patience:
+                            stopped_early = True
+                            break
+                if step >= total:
+                    break
+    finally:
+        bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"history": history, "best_val_mean_agreement": best if best_state is not None else None,
+            "steps": step, "seconds": time.time() - t0, "stopped_early": stopped_early,
+            "n_train": len(train_set)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------------
+def _resolve_inputs(args: TrainingArguments, registry: TaskRegistry | None, train_records: Sequence[Record] | None,
+                    val_records: Sequence[Record] | None) -> tuple[TaskRegistry, list[Record], list[Record] | None]:
+    if registry is None:
+        if not args.tasks:
+            raise InputError("no task registry: set 'tasks' (a task folder or file) in the recipe")
+        registry = TaskRegistry.from_dir(args.tasks)
+    if train_records is None:
+        if not args.train_data:
+            raise InputError("no training data: set 'train_data' in the recipe")
+        train_records = read_records(args.train_data)
+    if val_records is None and args.val_data:
+        val_records = read_records(args.val_data)
+    return registry, list(train_records), (list(val_records) if val_records is not None else None)
+
+
+def _task_ids(args: TrainingArguments, registry: TaskRegistry, records: Sequence[Record]) -> list[str]:
+    if args.task_ids:
+        for t in args.task_ids:
+            registry.get(t)  # UnknownTaskError for a typo
+        return list(args.task_ids)
+    present = list(dict.fromkeys(r.task_id for r in records))
+    for t in present:
+        registry.get(t)
+    return present
+
+
+def checkpoint_document(model: StudentModel, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
+                        args: TrainingArguments | dict[str, Any], metrics: dict[str, Any], model_id: str,
+                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The non-model part of ``config.json``: task snapshot, label encodings, recipe, metrics.
+
+    ``model_version`` is added by :func:`save_model` (a hash of the weights).
+    """
+    tids = model.config.task_ids
+    doc = {
+        "model_id": model_id,
+        "tasks": registry.subset(tids).snapshot(),
+        "label_encodings": {t: encodings[t].to_dict() for t in tids},
+        "recipe": args.to_dict() if isinstance(args, TrainingArguments) else args,
+        "metrics": metrics,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "parameters": model.count_parameters(),
+    }
+    doc.update(extra or {})
+    return doc
+
+
+def train(args: TrainingArguments, *, registry: TaskRegistry | None = None,
+          train_records: Sequence[Record] | None = None, val_records: Sequence[Record] | None = None) -> TrainResult:
+    """Train one student (or, for ``method='individual'``, one checkpoint per task) and save it.
+
+    Records and the registry may be passed directly (the library way) or come from the paths in ``args``
+    (the recipe way). Returns the checkpoint directory and the validation metrics.
+    """
+    registry, train_records, val_records = _resolve_inputs(args, registry, train_records, val_records)
+    if args.method == "individual":
+        return _train_individual(args, registry, train_records, val_records)
+    return _train_one(args, registry, train_records, val_records)
+
+
+def _train_individual(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
+                      val_records: list[Record] | None) -> TrainResult:
+    out = Path(args.output_dir)
+    per_task: dict[str, Any] = {}
+    for tid in _task_ids(args, registry, train_records):
+        sub = copy.deepcopy(args)
+        sub.task_ids = [tid]
+        sub.output_dir = str(out / tid)
+        res = _train_one(sub, registry, [r for r in train_records if r.task_id == tid],
+                         [r for r in val_records if r.task_id == tid] if val_records is not None else None)
+        per_task[tid] = res.metrics
+    vals = [m["val"]["per_task"][t] for t, m in per_task.items() if m.get("val")]
+    metrics = {"method": "individual", "per_task": per_task,
+               "val_mean_agreement": float(np.mean(vals)) if vals else None}
+    (out / "individual.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    return TrainResult(out, metrics)
+
+
+def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
+               val_records: list[Record] | None) -> TrainResult:
+    from transformers import AutoTokenizer
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    set_seed(args.seed)
+    tids = _task_ids(args, registry, train_records)
+    train_records = [r for r in train_records if r.task_id in set(tids)]
+    if not train_records:
+        raise InputError(f"no training records for tasks {tids}", file=args.train_data or None)
+    check_records(train_records, tids, registry, args.train_data or "<train records>")
+    if val_records is not None:
+        val_records = [r for r in val_records if r.task_id in set(tids)]
+        check_records(val_records, tids, registry, args.val_data or "<validation records>")
+    encodings = {t: LabelEncoding.from_task(registry.get(t)) for t in tids}
+
+    cfg = args.model_config(tids, [encodings[t].n_labels for t in tids])
+    model = StudentModel.from_encoder(cfg)
+    from rubricate.student.modeling import resolve_encoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder(args.encoder)))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_set = encode_records(train_records, tokenizer, tids, encodings, args.max_length)
+    covered = None
+    if args.use_kd:
+        covered = attach_teacher(train_set, args.teacher_file, encodings, args.teacher_policy, args.teacher_eps)
+    val_set = encode_records(val_records, tokenizer, tids, encodings, args.max_length) if val_records else None
+
+    def forward(data: EncodedSet, rows: np.ndarray):
+        ids, mask = pad_batch([data.input_ids[i] for i in rows], pad_id)
+        return model(ids, mask, torch.from_numpy(data.task_index[rows]))
+
+    evaluate = None
+    if val_set is not None and len(val_set):
+        def evaluate() -> dict[str, Any]:
+            return evaluate_agreement(model, val_set, registry, encodings, pad_id, args.eval_batch_size,
+                                      args.threshold)
+
+    enc_named = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.")]
+    new_named = [(n, p) for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    groups = param_groups(enc_named, args.lr_encoder, args.weight_decay) + \
+        param_groups(new_named, args.lr_new, args.weight_decay)
+    summary = fit(model, train_set, val_set, args, groups, forward, evaluate, args.use_kd,
+                  desc=f"{args.method} ({len(tids)} task{'s' if len(tids) > 1 else ''})")
+    val = evaluate() if evaluate is not None else None
+    metrics = {"method": args.method, "val": val, "teacher_rows": covered,
+               **{k: v for k, v in summary.items() if k != "history"}}
+    out = Path(args.output_dir)
+    save_model(model, tokenizer, out, checkpoint_document(model, registry, encodings, args, metrics,
+                                                           model_id=out.name or "student",
+                                                           extra={"history": summary["history"]}))
+    return TrainResult(out, metrics, summary["history"])
+
+
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[StudentModel, Any, TaskRegistry, dict[str, LabelEncoding],
+                                                          dict[str, Any]]:
+    """(model, tokenizer, task registry snapshot, label encodings, config document) of a checkpoint."""
+    model, tok, doc = load_model(checkpoint_dir)
+    registry = TaskRegistry.from_snapshot(doc["tasks"])
+    encodings = {t: LabelEncoding.from_dict(e) for t, e in doc["label_encodings"].items()}
+    return model, tok, registry, encodings, doc
