@@ -55,7 +55,8 @@ Uncertainty: **bootstrap 95% confidence intervals** - percentile bootstrap over 
 resamples with replacement of the n responses, seeded by ``seed``; the interval is the
 ``(1-ci)/2`` and ``(1+ci)/2`` quantiles of the resampled statistic). Resamples are drawn as one index
 matrix and the statistics are computed for all of them at once (confusion-matrix counts for κ, moments
-for r and SMD, row-wise ranks for ρ). Across-task intervals resample responses within each task
+for r and SMD, average ranks of the categories for ρ - every score metric is a function of the K×K
+confusion matrix, so one matrix per resample is all that is needed). Across-task intervals resample responses within each task
 (stratified), so each replicate gives one value per task, aggregated as above.
 
 Subgroups: when a group column is given (a key of ``Record.metadata``), the score metrics are repeated for
@@ -588,6 +589,13 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
+def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``(B, n)`` multiplicities: how often each response appears in each resample of ``idx``."""
+    b = idx.shape[0]
+    flat = (idx + (np.arange(b)[:, None] * n)).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
 def percentile_interval(values: np.ndarray, level: float = DEFAULT_CI) -> Interval:
     """Percentile interval of bootstrap replicates, leaving out undefined (NaN) replicates."""
     v = np.asarray(values, dtype=np.float64)
@@ -599,12 +607,69 @@ def percentile_interval(values: np.ndarray, level: float = DEFAULT_CI) -> Interv
     return Interval(float(lo), float(hi), level, len(v), n_undef)
 
 
-def _rowwise_corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    xc = x - x.mean(axis=1, keepdims=True)
-    yc = y - y.mean(axis=1, keepdims=True)
+def _weighted_corr(counts: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of category values ``x`` (rows) and ``y`` (columns) under joint counts ``(..., K, K)``."""
+    n = counts.sum(axis=(-2, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xc * yc).sum(axis=1) / np.sqrt((xc**2).sum(axis=1) * (yc**2).sum(axis=1))
-    return np.where(np.isfinite(r), r, np.nan)
+        px = counts.sum(axis=-1) / n[..., None]
+        py = counts.sum(axis=-2) / n[..., None]
+        mx = (px * x).sum(-1)
+        my = (py * y).sum(-1)
+        vx = (px * (x - mx[..., None]) ** 2).sum(-1)
+        vy = (py * (y - my[..., None]) ** 2).sum(-1)
+        cxy = (counts / n[..., None, None] * (x - mx[..., None])[..., :, None] * (y - my[..., None])[..., None, :]
+               ).sum(axis=(-2, -1))
+        r = cxy / np.sqrt(vx * vy)
+    # zero variance (a constant side) is undefined, like scipy; tiny negative variances are rounding
+    return np.where((vx > 1e-12) & (vy > 1e-12), r, np.nan)
+
+
+def _midranks(marginal: np.ndarray) -> np.ndarray:
+    """Average ranks of each category given its counts ``(..., K)`` (ties share the mean rank, as scipy)."""
+    below = np.cumsum(marginal, axis=-1) - marginal
+    return below + (marginal + 1) / 2
+
+
+def score_metrics_from_confusion(
+    counts: np.ndarray, scale_min: int, *, tolerance: int = DEFAULT_TOLERANCE, smd_method: SmdMethod = "pooled",
+    constant_prediction: ConstantPolicy = "zero",
+) -> dict[str, np.ndarray]:
+    """Every score metric from confusion counts ``(..., K, K)`` (rows human, columns machine).
+
+    All of them are functions of the joint distribution of (human, machine) scores, so one matrix per
+    bootstrap resample is enough: the means, SDs and Pearson r are weighted moments of the category values,
+    Spearman ρ is Pearson r of the categories' average ranks. Agrees with :func:`score_metrics` (sklearn /
+    scipy) on every matrix - checked in the tests.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    k = c.shape[-1]
+    vals = np.arange(scale_min, scale_min + k, dtype=np.float64)
+    i, j = np.indices((k, k))
+    diff = (j - i).astype(np.float64)  # machine - human
+    n = c.sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = c / n[..., None, None]
+        ph, pm = p.sum(-1), p.sum(-2)
+        mh, mm = (ph * vals).sum(-1), (pm * vals).sum(-1)
+        corr = n / (n - 1)  # ddof = 1
+        sd_h = np.sqrt((ph * (vals - mh[..., None]) ** 2).sum(-1) * corr)
+        sd_m = np.sqrt((pm * (vals - mm[..., None]) ** 2).sum(-1) * corr)
+        sd = np.sqrt((sd_h**2 + sd_m**2) / 2) if smd_method == "pooled" else sd_h
+        smd = np.where((sd > 1e-12) & (n > 1), (mm - mh) / sd, np.nan)
+    rank_h = _midranks(c.sum(-1))
+    rank_m = _midranks(c.sum(-2))
+    spearman = _weighted_corr(c, rank_h, rank_m)
+    pearson = _weighted_corr(c, np.broadcast_to(vals, c.shape[:-1]), np.broadcast_to(vals, c.shape[:-1]))
+    return {
+        "qwk": kappa_from_confusion(c, "quadratic", constant_prediction),
+        "exact": (p * (diff == 0)).sum(axis=(-2, -1)),
+        "adjacent": (p * (np.abs(diff) <= tolerance)).sum(axis=(-2, -1)),
+        "mae": (p * np.abs(diff)).sum(axis=(-2, -1)),
+        "rmse": np.sqrt((p * diff**2).sum(axis=(-2, -1))),
+        "pearson": np.where(n > 1, pearson, np.nan),
+        "spearman": np.where(n > 1, spearman, np.nan),
+        "smd": smd,
+    }
 
 
 def bootstrap_score_metrics(
@@ -612,35 +677,23 @@ def bootstrap_score_metrics(
     seed: int = DEFAULT_SEED, tolerance: int = DEFAULT_TOLERANCE, smd_method: SmdMethod = "pooled",
     constant_prediction: ConstantPolicy = "zero", idx: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Replicates ``(n_boot,)`` of every score metric over resampled responses, computed all at once."""
+    """Replicates ``(n_boot,)`` of every score metric over resampled responses, computed all at once.
+
+    One ``(n_boot, n)`` matrix of multiplicities times the one-hot (human, machine) cell of each response
+    gives a K×K confusion matrix per resample; :func:`score_metrics_from_confusion` does the rest.
+    """
     h = np.asarray(human, dtype=np.int64)
     m = np.asarray(machine, dtype=np.int64)
     n = len(h)
     k = scale_max - scale_min + 1
     if idx is None:
         idx = bootstrap_indices(n, n_boot, seed)
-    hb, mb = h[idx], m[idx]
-    b = idx.shape[0]
-    codes = (hb - scale_min) * k + (mb - scale_min) + (np.arange(b)[:, None] * k * k)
-    counts = np.bincount(codes.ravel(), minlength=b * k * k).reshape(b, k, k)
-    hf, mf = hb.astype(np.float64), mb.astype(np.float64)
-    d = mf - hf
-    sd_h, sd_m = hf.std(axis=1, ddof=1), mf.std(axis=1, ddof=1)
-    sd = np.sqrt((sd_h**2 + sd_m**2) / 2) if smd_method == "pooled" else sd_h
-    with np.errstate(invalid="ignore", divide="ignore"):
-        smd = np.where(sd > 0, (mf.mean(axis=1) - hf.mean(axis=1)) / sd, np.nan)
-    rh = stats.rankdata(hb, axis=1)
-    rm = stats.rankdata(mb, axis=1)
-    return {
-        "qwk": kappa_from_confusion(counts, "quadratic", constant_prediction),
-        "exact": (d == 0).mean(axis=1),
-        "adjacent": (np.abs(d) <= tolerance).mean(axis=1),
-        "mae": np.abs(d).mean(axis=1),
-        "rmse": np.sqrt((d**2).mean(axis=1)),
-        "pearson": _rowwise_corr(hf, mf),
-        "spearman": _rowwise_corr(rh, rm),
-        "smd": smd,
-    }
+    w = resample_counts(idx, n)
+    onehot = np.zeros((n, k * k))
+    onehot[np.arange(n), (h - scale_min) * k + (m - scale_min)] = 1.0
+    counts = (w @ onehot).reshape(-1, k, k)
+    return score_metrics_from_confusion(counts, scale_min, tolerance=tolerance, smd_method=smd_method,
+                                        constant_prediction=constant_prediction)
 
 
 def bootstrap_multilabel(
@@ -649,25 +702,22 @@ def bootstrap_multilabel(
 ) -> dict[str, np.ndarray]:
     """Replicates of the UniMoE four (mean κ, macro-F1, micro-F1, accuracy) over resampled responses.
 
-    Per label, per replicate: 2×2 confusion counts of the non-missing cells; the same skip rules as the
-    point estimate (undefined κ / F1 left out of the means).
+    Per label and resample: the 2×2 confusion counts of the non-missing cells (multiplicities times the
+    one-hot cell of each response); the same skip rules as the point estimates (undefined κ / F1 are left
+    out of the means).
     """
     t = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_pred01, dtype=np.float64)
     n, n_labels = t.shape
-    idx = bootstrap_indices(n, n_boot, seed)
-    tb, pb = t[idx], p[idx]  # (B, n, L)
-    valid = ~np.isnan(tb)
-    ti = np.where(valid, tb, 0).astype(np.int64)
-    pi = np.where(valid, pb, 0).astype(np.int64)
-    v = valid.astype(np.int64)
-    tp = ((ti == 1) & (pi == 1) & valid).sum(axis=1)
-    fp = ((ti == 0) & (pi == 1) & valid).sum(axis=1)
-    fn = ((ti == 1) & (pi == 0) & valid).sum(axis=1)
-    nv = v.sum(axis=1)
-    tn = nv - tp - fp - fn
-    counts = np.stack([np.stack([tn, fp], -1), np.stack([fn, tp], -1)], -2)  # (B, L, 2, 2)
-    kap = kappa_from_confusion(counts, None, constant_prediction)
+    w = resample_counts(bootstrap_indices(n, n_boot, seed), n)
+    valid = ~np.isnan(t)
+    cell = np.where(valid, np.nan_to_num(t) * 2 + p, 4).astype(np.int64)  # 0 TN, 1 FP, 2 FN, 3 TP, 4 missing
+    onehot = np.zeros((n, n_labels, 5))
+    onehot[np.arange(n)[:, None], np.arange(n_labels)[None, :], cell] = 1.0
+    counts = (w @ onehot.reshape(n, -1)).reshape(-1, n_labels, 5)[..., :4]  # (B, L, 4)
+    tn, fp, fn, tp = (counts[..., q] for q in range(4))
+    kap = kappa_from_confusion(counts.reshape(*counts.shape[:-1], 2, 2), None, constant_prediction)
+    nv = counts.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
         acc = np.where(nv > 0, (tp + tn) / nv, np.nan)
@@ -696,6 +746,10 @@ class Predicted:
     scores: dict[str, int] = field(default_factory=dict)
     probs: dict[str, float] | None = None
     source: str = ""  # where the row came from (file:line), for error messages
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.task_id, self.response_id)
 
 
 def as_predicted(obj: Any) -> Predicted:

@@ -1,0 +1,484 @@
+"""Write a :class:`~rubricate.metrics.Report` as ``report.json``, ``report.md`` and ``report.html``.
+
+The JSON is the complete, machine-readable result (``Report.to_dict``; undefined values are ``null`` with a
+reason in the ``notes`` next to them). Markdown and HTML show the same tables, built once as a list of
+blocks and rendered twice, so the two never disagree:
+
+1. across tasks - mean and Fisher-z mean QWK with bootstrap intervals, human-human beside machine-human,
+   and the degradation;
+2. one row per (task, scale) of the score metrics, and one row per task of the UniMoE multi-label four;
+3. per task - machine-human beside human-human per metric, the confusion matrix (PNG, rows human),
+   per-label κ / accuracy / F1, and the subgroup breakdown when a group column was given.
+
+The HTML is self-contained (plots embedded as data URIs) so it can be mailed or attached to a PR; the
+Markdown links the PNG files written next to it under ``plots/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rubricate.errors import InputError
+from rubricate.metrics import (
+    SCORE_METRICS,
+    AggregateQWK,
+    Interval,
+    Predicted,
+    Report,
+    ScoreMetrics,
+    TaskReport,
+)
+from rubricate.tasks import TaskRegistry
+
+FORMATS = ("json", "md", "html")
+
+_METRIC_NAMES = {
+    "qwk": "QWK", "exact": "exact agreement", "adjacent": "adjacent agreement", "mae": "MAE", "rmse": "RMSE",
+    "pearson": "Pearson r", "spearman": "Spearman ρ", "smd": "SMD",
+}
+
+
+# --- a tiny document model rendered to Markdown and HTML -------------------------------------------------
+@dataclass
+class _Table:
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class _Doc:
+    blocks: list[tuple[str, object]] = field(default_factory=list)
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def bullets(self, items: Iterable[str]) -> None:
+        items = list(items)
+        if items:
+            self.blocks.append(("ul", items))
+
+    def table(self, headers: list[str], rows: list[list[str]], caption: str = "") -> None:
+        self.blocks.append(("table", _Table(headers, rows, caption)))
+
+    def image(self, path: Path, rel: str, alt: str) -> None:
+        self.blocks.append(("img", (path, rel, alt)))
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _render_md(doc: _Doc) -> str:
+    out: list[str] = []
+    for kind, payload in doc.blocks:
+        if kind == "h":
+            level, text = payload  # type: ignore[misc]
+            out.append("#" * level + " " + text)
+        elif kind == "p":
+            out.append(str(payload))
+        elif kind == "ul":
+            out.append("\n".join(f"- {x}" for x in payload))  # type: ignore[union-attr]
+        elif kind == "table":
+            t: _Table = payload  # type: ignore[assignment]
+            lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
+                     "|" + "|".join("---" for _ in t.headers) + "|"]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+            if t.caption:
+                lines.append("")
+                lines.append(f"*{t.caption}*")
+            out.append("\n".join(lines))
+        elif kind == "img":
+            _, rel, alt = payload  # type: ignore[misc]
+            out.append(f"![{alt}]({rel})")
+        out.append("")
+    return "\n".join(out)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+caption{caption-side:bottom;font-style:italic;color:#555;text-align:left;padding-top:.3em}
+h1{border-bottom:2px solid #444} h2{border-bottom:1px solid #aaa;margin-top:1.8em}
+img{max-width:420px;display:block;margin:.5em 0 1em}
+ul{color:#444}
+"""
+
+
+def _render_html(doc: _Doc, title: str) -> str:
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    for kind, payload in doc.blocks:
+        if kind == "h":
+            level, text = payload  # type: ignore[misc]
+            out.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        elif kind == "p":
+            out.append(f"<p>{html.escape(str(payload))}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in payload) + "</ul>")  # type: ignore
+        elif kind == "table":
+            t: _Table = payload  # type: ignore[assignment]
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+            cap = f"<caption>{html.escape(t.caption)}</caption>" if t.caption else ""
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+            out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            path, _, alt = payload  # type: ignore[misc]
+            data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            out.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">')
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# --- formatting -----------------------------------------------------------------------------------------
+def _f(x: float | None, digits: int = 4) -> str:
+    """A number, or 'n/a' for an undefined one (the reason is in the notes below the table)."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _ci(iv: Interval | None, digits: int = 3) -> str:
+    if iv is None or not math.isfinite(iv.low):
+        return ""
+    return f"[{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+
+
+def _with_ci(value: float, iv: Interval | None, digits: int = 4) -> str:
+    s = _f(value, digits)
+    c = _ci(iv)
+    return f"{s} {c}" if c and s != "n/a" else s
+
+
+def _notes(prefix: str, notes: dict[str, str]) -> list[str]:
+    return [f"{prefix}{k}: {v}" for k, v in notes.items()]
+
+
+# --- plots ----------------------------------------------------------------------------------------------
+def plot_confusion(sm: ScoreMetrics, path: Path, title: str, machine_label: str = "machine") -> Path:
+    """Save the confusion matrix (rows human, columns machine; counts and row shares) as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import numpy as np
+
+    counts = np.asarray(sm.confusion, dtype=float)
+    k = counts.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.nan_to_num(counts / counts.sum(axis=1, keepdims=True))
+    size = 2.2 + 0.55 * k
+    fig = Figure(figsize=(size + 0.8, size))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    ticks = list(range(sm.scale_min, sm.scale_max + 1))
+    ax.set_xticks(range(k), [str(t) for t in ticks])
+    ax.set_yticks(range(k), [str(t) for t in ticks])
+    ax.set_xlabel(f"{machine_label} score")
+    ax.set_ylabel("human score")
+    ax.set_title(title, fontsize=9)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the human row")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# --- building the document ------------------------------------------------------------------------------
+def _agg_rows(m: AggregateQWK, hh: AggregateQWK | None, deg: dict[str, float] | None) -> list[list[str]]:
+    rows = []
+    for key, label in (("mean", "mean QWK"), ("fisher_z", "Fisher-z mean QWK"),
+                       ("fisher_z_weighted", "Fisher-z mean QWK, n-weighted")):
+        row = [label, _with_ci(getattr(m, key), m.ci.get(key))]
+        if hh is not None:
+            row += [_with_ci(getattr(hh, key), hh.ci.get(key)), _f((deg or {}).get(key), 4)]
+        rows.append(row)
+    return rows
+
+
+def _score_row(label: str, sm: ScoreMetrics) -> list[str]:
+    return [label, str(sm.n), _with_ci(sm.qwk, sm.ci.get("qwk")), _f(sm.exact, 3), _f(sm.adjacent, 3),
+            _f(sm.mae, 3), _f(sm.rmse, 3), _f(sm.pearson, 3), _f(sm.spearman, 3), _f(sm.smd, 3)]
+
+
+_SCORE_HEADERS = ["n", "QWK [95% CI]", "exact", "adjacent", "MAE", "RMSE", "r", "ρ", "SMD"]
+
+
+def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None = None) -> _Doc:
+    """Lay out the report; confusion-matrix PNGs are written to ``plot_dir`` (None: no plots)."""
+    doc = _Doc()
+    mach = report.machine_label
+    s = report.settings
+    doc.h(1, report.title)
+    doc.p(f"Scorer: {mach}. Tasks: {len(report.tasks)}. Bootstrap: {s.get('n_boot')} resamples, "
+          f"{int(100 * s.get('ci', 0.95))}% percentile intervals, seed {s.get('seed')}. Label threshold "
+          f"{s.get('threshold')}; adjacent = within {s.get('tolerance')}; SMD {s.get('smd_method')}. "
+          "'n/a' marks an undefined value; the reason is listed under the table. Metric definitions: "
+          "rubricate.metrics module documentation.")
+    doc.bullets(report.notes)
+
+    # ---- across tasks ----
+    a = report.across
+    doc.h(2, "Across tasks")
+    headers = ["statistic", f"{mach}–human"]
+    if a.human_human is not None:
+        headers += ["human–human", "degradation"]
+    doc.table(headers, _agg_rows(a.machine, a.human_human, a.degradation),
+              caption="Over every (task, scale). Fisher-z mean: tanh(mean(atanh(clip(κ, ±0.999)))), Kaggle's "
+              "ASAP average. Degradation: machine–human minus human–human on the double-scored responses.")
+    extra = []
+    if a.machine.n_undefined:
+        extra.append(f"{a.machine.n_undefined} (task, scale) QWK values undefined and left out of the means")
+    doc.bullets(extra)
+    if a.multilabel_mean:
+        doc.table(["mean κ", "macro-F1", "micro-F1", "accuracy"],
+                  [[_f(a.multilabel_mean.get(k)) for k in ("mean_kappa", "macro_f1", "micro_f1", "accuracy")]],
+                  caption="UniMoE multi-label metrics, averaged over tasks.")
+
+    # ---- per (task, scale) ----
+    doc.h(2, "Scores per task")
+    rows = []
+    for t in report.tasks:
+        for sr in t.scales:
+            label = t.task_id if sr.scale_id == "score" and len(t.scales) == 1 else f"{t.task_id} / {sr.scale_id}"
+            row = _score_row(label, sr.machine)
+            if a.human_human is not None:
+                hh = sr.human_human
+                row += [_with_ci(hh.qwk, hh.ci.get("qwk")) if hh else "", _f((sr.degradation or {}).get("qwk"))]
+            rows.append(row)
+    headers = ["task / scale"] + _SCORE_HEADERS
+    if a.human_human is not None:
+        headers += ["human–human QWK", "QWK degradation"]
+    doc.table(headers, rows, caption=f"{mach} vs human (rater 1). r: Pearson; ρ: Spearman; SMD: (mean {mach} − "
+              "mean human) / pooled SD.")
+    if a.score_means:
+        doc.table(["mean over (task, scale)"] + [_METRIC_NAMES[k] for k in SCORE_METRICS],
+                  [["arithmetic mean"] + [_f(a.score_means.get(k), 3) for k in SCORE_METRICS]])
+
+    ml_rows = [[t.task_id, str(t.multilabel.n_labels), _with_ci(t.multilabel.mean_kappa, t.multilabel.ci.get(
+        "mean_kappa")), _with_ci(t.multilabel.macro_f1, t.multilabel.ci.get("macro_f1")),
+        _with_ci(t.multilabel.micro_f1, t.multilabel.ci.get("micro_f1")),
+        _with_ci(t.multilabel.accuracy, t.multilabel.ci.get("accuracy")), str(t.multilabel.n_kappa_undefined)]
+        for t in report.tasks if t.multilabel is not None]
+    if ml_rows:
+        doc.h(2, "Labels per task (UniMoE metrics)")
+        doc.table(["task", "labels", "mean κ", "macro-F1", "micro-F1", "accuracy", "κ undefined"], ml_rows,
+                  caption=f"Binary targets (criteria and cumulative 'scale>=k' indicators) at threshold "
+                  f"{s.get('threshold')}; undefined κ skipped in the mean.")
+
+    # ---- per task ----
+    for t in report.tasks:
+        _task_section(doc, t, mach, plot_dir, rel_root)
+    return doc
+
+
+def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, rel_root: Path | None) -> None:
+    doc.h(2, f"Task {t.task_id}")
+    doc.p(f"Gold responses: {t.n_gold}; predictions: {t.n_predicted}; matched: {t.n_matched}.")
+    doc.bullets(_notes("", t.notes))
+    for sr in t.scales:
+        doc.h(3, f"Scale '{sr.scale_id}' ({sr.machine.scale_min}–{sr.machine.scale_max})")
+        headers = ["metric", f"{mach}–human"]
+        cols: list[tuple[ScoreMetrics | None, bool]] = [(sr.machine, True)]
+        if sr.human_human is not None:
+            headers += [f"{mach}–human (double-scored)", "human–human", "degradation"]
+            cols += [(sr.machine_double_scored, True), (sr.human_human, True)]
+        rows = []
+        for k in ("n",) + SCORE_METRICS + ("mean_human", "mean_machine", "sd_human", "sd_machine"):
+            row = [_METRIC_NAMES.get(k, k.replace("_", " "))]
+            for sm, _ in cols:
+                if sm is None:
+                    row.append("")
+                elif k == "n":
+                    row.append(str(sm.n))
+                else:
+                    row.append(_with_ci(getattr(sm, k), sm.ci.get(k)))
+            if sr.human_human is not None:
+                row.append(_f((sr.degradation or {}).get(k)) if k in SCORE_METRICS else "")
+            rows.append(row)
+        doc.table(headers, rows)
+        notes = _notes(f"{mach}–human ", sr.machine.notes)
+        if sr.human_human is not None:
+            notes += _notes("human–human ", sr.human_human.notes)
+        doc.bullets(notes)
+        if plot_dir is not None and sr.machine.n > 0:
+            png = plot_confusion(sr.machine, plot_dir / f"confusion_{t.task_id}_{sr.scale_id}.png",
+                                 f"{t.task_id} / {sr.scale_id}: human vs {mach} (n={sr.machine.n})", mach)
+            rel = png.relative_to(rel_root).as_posix() if rel_root else png.as_posix()
+            doc.image(png, rel, f"confusion matrix {t.task_id} {sr.scale_id}")
+        if sr.subgroups:
+            doc.h(4, "Subgroups")
+            doc.table(["group"] + _SCORE_HEADERS, [_score_row(g, sm) for g, sm in sr.subgroups.items()])
+            doc.bullets([f"{g}: {k}: {v}" for g, sm in sr.subgroups.items() for k, v in sm.notes.items()
+                         if not k.startswith("ci_")])
+    if t.labels:
+        doc.h(3, "Per label")
+        doc.table(["label", "n", "κ", "accuracy", "F1", "gold rate", "predicted rate"],
+                  [[lm.name, str(lm.n), _f(lm.kappa), _f(lm.accuracy), _f(lm.f1), _f(lm.gold_rate, 3),
+                    _f(lm.pred_rate, 3)] for lm in t.labels])
+        doc.bullets([f"{lm.name}: {k}: {v}" for lm in t.labels for k, v in lm.notes.items()]
+                    + (_notes("", t.multilabel.notes) if t.multilabel else []))
+
+
+# --- predictions files ----------------------------------------------------------------------------------
+def _int_score(v: object, path: Path, line: int, column: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column)
+    try:
+        f = float(v)
+    except ValueError:
+        raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column) from None
+    if not math.isfinite(f) or f != int(f):
+        raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column)
+    return int(f)
+
+
+def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> list[Predicted]:
+    """Read a predictions file: JSONL rows or a flat CSV/TSV.
+
+    * JSONL (``.jsonl``/``.ndjson``/``.json``): ``{task_id, response_id, scores: {key: int}, probs: {label:
+      p}}`` - what ``rubricate predict`` and the agents write. Agent rows with ``status: "failed"`` (or a
+      ``null`` score) are kept as predictions without scores: they count as missing, never as 0. A row with
+      only ``score`` (no ``scores``) is read as ``{"score": score}``. Other fields are ignored.
+    * CSV/TSV: columns ``task_id, response_id`` plus one integer column per scale or criterion id. With a
+      task registry, only the row's task's label keys are read (other columns such as ``text`` are
+      ignored); without one, every other column is read as a score. An empty cell is a missing score.
+
+    Errors name the file, line and field; a duplicate ``(task_id, response_id)`` is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("predictions file not found", file=path)
+    out: list[Predicted] = []
+    seen: dict[tuple[str, str], int] = {}
+
+    def add(p: Predicted, line: int) -> None:
+        if tasks is not None and p.task_id not in tasks:
+            raise InputError(f"unknown task '{p.task_id}' (known: {tasks.ids[:20]})", file=path, line=line,
+                             column="task_id")
+        if p.key in seen:
+            raise InputError(f"duplicate prediction (also on line {seen[p.key]})", file=path, line=line,
+                             column="response_id")
+        seen[p.key] = line
+        out.append(p)
+
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        with path.open("rb") as f:
+            for line, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(f"undecodable bytes (not UTF-8) at byte {e.start}", file=path, line=line) from None
+                if not text.strip():
+                    continue
+                try:
+                    d = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"invalid JSON: {e.msg}", file=path, line=line) from None
+                if not isinstance(d, dict):
+                    raise InputError("expected a JSON object per line", file=path, line=line)
+                for col in ("task_id", "response_id"):
+                    if d.get(col) in (None, ""):
+                        raise InputError("missing field", file=path, line=line, column=col)
+                scores_raw = d.get("scores")
+                if scores_raw is None and "score" in d:
+                    scores_raw = {"score": d["score"]}
+                if scores_raw is None:
+                    scores_raw = {}
+                if not isinstance(scores_raw, dict):
+                    raise InputError("'scores' must be an object", file=path, line=line, column="scores")
+                failed = d.get("status") == "failed"
+                scores = {} if failed else {str(k): _int_score(v, path, line, f"scores.{k}")
+                                            for k, v in scores_raw.items() if v is not None}
+                probs_raw = d.get("probs")
+                probs = None
+                if probs_raw:
+                    if not isinstance(probs_raw, dict):
+                        raise InputError("'probs' must be an object", file=path, line=line, column="probs")
+                    probs = {}
+                    for k, v in probs_raw.items():
+                        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                            raise InputError(f"probability must be a number in [0, 1], got {v!r}", file=path,
+                                             line=line, column=f"probs.{k}")
+                        probs[str(k)] = float(v)
+                add(Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line)
+        return out
+    if suffix not in (".csv", ".tsv", ".tab"):
+        raise InputError(f"unknown predictions file type '{suffix}' (use .jsonl or .csv/.tsv)", file=path)
+    import csv
+
+    sep = "," if suffix == ".csv" else "\t"
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter=sep)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError("empty file", file=path, line=1) from None
+        for col in ("task_id", "response_id"):
+            if col not in header:
+                raise InputError(f"missing column (columns: {header})", file=path, line=1, column=col)
+        for row in reader:
+            line = reader.line_num
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{len(row)} fields, the header has {len(header)}", file=path, line=line)
+            d = dict(zip(header, row))
+            tid = d["task_id"].strip()
+            keys = [c for c in header if c not in ("task_id", "response_id")]
+            if tasks is not None and tid in tasks:
+                keys = [c for c in keys if c in tasks.get(tid).label_keys]
+            scores = {c: _int_score(d[c].strip(), path, line, c) for c in keys if d[c].strip() != ""}
+            add(Predicted(tid, d["response_id"].strip(), scores, None, f"{path}:{line}"), line)
+    return out
+
+
+# --- entry point ----------------------------------------------------------------------------------------
+def write_report(report: Report, out_dir: str | Path, formats: Sequence[str] = FORMATS, plots: bool = True
+                 ) -> dict[str, Path]:
+    """Write ``report.json`` / ``report.md`` / ``report.html`` (and ``plots/*.png``) into ``out_dir``.
+
+    Returns the written paths by format (``"plots"`` -> the plot folder when plots were drawn). The JSON is
+    written first, so a failure while drawing keeps the numbers.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown report formats {unknown} (use {list(FORMATS)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "json" in formats:
+        p = out / "report.json"
+        p.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+                     encoding="utf-8")
+        written["json"] = p
+    if "md" in formats or "html" in formats:
+        plot_dir = out / "plots" if plots else None
+        doc = build_document(report, plot_dir, rel_root=out)
+        if plot_dir is not None and plot_dir.exists():
+            written["plots"] = plot_dir
+        if "md" in formats:
+            p = out / "report.md"
+            p.write_text(_render_md(doc), encoding="utf-8")
+            written["md"] = p
+        if "html" in formats:
+            p = out / "report.html"
+            p.write_text(_render_html(doc, report.title), encoding="utf-8")
+            written["html"] = p
+    return written
