@@ -254,11 +254,13 @@ class Task(_Strict):
     def apply_rules(self, components: dict[str, Any]) -> dict[str, int]:
         """Deterministic scores from extracted component values, one per scale that has a rule."""
         out: dict[str, int] = {}
+        # A component the extractor did not return counts as absent (None), not as an unknown name.
+        values = {c.id: None for c in self.rubric.components} | dict(components)
         for rule in self.rubric.scoring_rules:
             if isinstance(rule, CasesRule):
                 score = rule.default
                 for case in rule.cases:
-                    if evaluate_expression(case.when, components):
+                    if evaluate_expression(case.when, values):
                         score = case.score
                         break
             else:
