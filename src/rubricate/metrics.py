@@ -771,10 +771,21 @@ def as_predicted(obj: Any) -> Predicted:
                      probs=dict(probs) if probs else None, source=str(get("source", "") or ""))
 
 
-def rater2_as_predictions(records: Sequence[Record]) -> list[Predicted]:
-    """Second-rater labels in the machine's seat (human-human mode); records without rater2 are left out."""
-    return [Predicted(r.task_id, r.response_id, dict(r.rater2), None, "rater2")
-            for r in records if r.rater2]
+def rater2_as_predictions(records: Sequence[Record]) -> tuple[list[Record], list[Predicted]]:
+    """Human-human mode: rater 2 in the machine's seat, rater 1 as gold.
+
+    Returns the gold records that have a second rater, with their labels restricted to the keys rater 2
+    scored (a criterion only rater 1 judged has nothing to be compared with), and rater 2 as predictions.
+    """
+    from dataclasses import replace
+
+    gold, preds = [], []
+    for r in records:
+        if not r.rater2:
+            continue
+        gold.append(replace(r, labels={k: v for k, v in r.labels.items() if k in r.rater2}))
+        preds.append(Predicted(r.task_id, r.response_id, dict(r.rater2), None, "rater2"))
+    return gold, preds
 
 
 def _group_value(r: Record, column: str) -> str:

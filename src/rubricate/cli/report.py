@@ -73,10 +73,9 @@ def report(
     if not records:
         raise InputError("no gold records", file=gold)
     if human_human:
-        records = [r for r in records if r.rater2]
+        records, predictions = rater2_as_predictions(records)
         if not records:
             raise InputError("no gold record has a second rater (rater2)", file=gold)
-        predictions = rater2_as_predictions(records)
         label, default_title, compare = "rater 2", "Human–human agreement (rater 2 vs rater 1)", False
     else:
         predictions = read_predictions(pred, registry)  # type: ignore[arg-type]
