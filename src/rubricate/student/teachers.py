@@ -1,0 +1,409 @@
+"""Teachers for distillation: they write a teacher-outputs file (``rubricate.data.teacher_file``).
+
+Three ways to get one:
+
+1. :func:`cross_fit_specialists` - per-task specialists, **cross-fitted**: the training rows are cut into
+   K folds and each row's soft label comes from a specialist trained on the other K-1 folds, so it never
+   saw that row (otherwise the student would distil memorised, over-confident labels). Two kinds:
+
+   - ``"tfidf"``: word (1-2) + character (2-5) n-gram TF-IDF and one logistic regression per label.
+     Strong for short answers and it costs seconds, which makes it the default on CPU;
+   - ``"encoder"``: any HF encoder fine-tuned per task with this package's trainer (single-task, no MoE).
+
+   Rows of ``predict_records`` (e.g. validation/test) get predictions from a specialist fitted on all
+   training rows, so the teacher's own test metrics can be reported next to the student's.
+
+2. :func:`import_teacher` - outputs produced elsewhere (e.g. a LoRA-tuned large LLM): validate and re-write.
+
+3. :func:`train_llm_teacher` - a causal LM with a classification head and LoRA adapters (peft), for any
+   causal-LM directory or a GGUF file that transformers can de-quantise (e.g. SmolLM2-135M).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from rubricate.data.records import Record
+from rubricate.data.teacher_file import (
+    AlignPolicy,
+    TeacherRow,
+    align_teacher,
+    read_teacher_file,
+    write_teacher_file,
+)
+from rubricate.errors import InputError
+from rubricate.labels import LabelEncoding
+from rubricate.tasks import TaskRegistry
+
+SpecialistKind = Literal["tfidf", "encoder"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Folds
+# --------------------------------------------------------------------------------------------------------
+def _strata(records: Sequence[Record], enc: LabelEncoding) -> list[str]:
+    """Stratification key: the row's full label vector (the score, or the criteria pattern)."""
+    return ["|".join(f"{k}={r.labels.get(k)}" for k in sorted(r.labels)) for r in records]
+
+
+def kfold_indices(records: Sequence[Record], enc: LabelEncoding, folds: int, seed: int) -> list[np.ndarray]:
+    """Stratified K folds (plain K folds when a label pattern has fewer than K rows); returns test indices."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    n = len(records)
+    if folds < 2:
+        raise ValueError("cross-fitting needs folds >= 2")
+    if n < folds:
+        raise InputError(f"task '{enc.task_id}' has {n} training rows, fewer than folds={folds}")
+    y = _strata(records, enc)
+    counts: dict[str, int] = {}
+    for v in y:
+        counts[v] = counts.get(v, 0) + 1
+    if min(counts.values()) >= folds:
+        split = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), y)
+    else:
+        split = KFold(folds, shuffle=True, random_state=seed).split(np.zeros(n))
+    return [test for _, test in split]
+
+
+# --------------------------------------------------------------------------------------------------------
+# TF-IDF specialist
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class TfidfSpecialist:
+    """Word + char n-gram TF-IDF with one logistic regression per label (of one task).
+
+    ``C`` is the inverse L2 regularisation strength of the logistic regressions; ``class_weight`` is passed
+    to them (None or "balanced").
+    """
+
+    enc: LabelEncoding
+    C: float = 4.0
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] = (2, 5)
+    min_df: int = 2
+    class_weight: str | None = None
+    models: list[Any] = field(default_factory=list)
+
+    def fit(self, texts: Sequence[str], targets: np.ndarray) -> "TfidfSpecialist":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import FeatureUnion
+
+        self.vec = FeatureUnion([
+            ("word", TfidfVectorizer(ngram_range=self.word_ngrams, min_df=self.min_df, sublinear_tf=True)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=self.char_ngrams, min_df=self.min_df,
+                                     sublinear_tf=True)),
+        ])
+        X = self.vec.fit_transform(list(texts))
+        self.models = []
+        for j in range(targets.shape[1]):
+            col = targets[:, j]
+            ok = ~np.isnan(col)
+            y = col[ok].astype(int)
+            if ok.sum() == 0:
+                self.models.append(0.5)
+            elif len(set(y.tolist())) < 2:  # one class only: a constant (smoothed) probability
+                self.models.append(float((y.sum() + 0.5) / (len(y) + 1.0)))
+            else:
+                m = LogisticRegression(C=self.C, max_iter=2000, class_weight=self.class_weight)
+                m.fit(X[np.where(ok)[0]], y)
+                self.models.append(m)
+        return self
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        X = self.vec.transform(list(texts))
+        cols = [np.full(X.shape[0], m) if isinstance(m, float) else m.predict_proba(X)[:, 1] for m in self.models]
+        return np.stack(cols, axis=1)
+
+
+def _fit_predict_tfidf(enc: LabelEncoding, train: Sequence[Record], predict: Sequence[Record],
+                       options: dict[str, Any]) -> np.ndarray:
+    spec = TfidfSpecialist(enc, **options)
+    spec.fit([r.text for r in train], enc.encode_many([r.labels for r in train]))
+    return spec.predict_proba([r.text for r in predict])
+
+
+def _fit_predict_encoder(enc: LabelEncoding, registry: TaskRegistry, train: Sequence[Record],
+                         predict: Sequence[Record], options: dict[str, Any], workdir: Path) -> np.ndarray:
+    """Fine-tune a single-task encoder specialist (no MoE) and return probabilities for ``predict``."""
+    from rubricate.student.scorer import Scorer
+    from rubricate.student.trainer import TrainingArguments, train as train_student
+
+    opts = {"method": "mtl", "epochs": 3.0, "progress": False, **options}
+    args = TrainingArguments(task_ids=[enc.task_id], output_dir=str(workdir), **opts)
+    train_student(args, registry=registry, train_records=list(train), val_records=None)
+    scorer = Scorer.from_pretrained(workdir, backend="torch")
+    logits, _ = scorer.predict_logits([r.task_id for r in predict], [r.text for r in predict])
+    return 1.0 / (1.0 + np.exp(-logits[:, : enc.n_labels]))
+
+
+def cross_fit_specialists(registry: TaskRegistry, train_records: Sequence[Record], out_path: str | Path, *,
+                          kind: SpecialistKind = "tfidf", folds: int = 5, seed: int = 42,
+                          predict_records: Sequence[Record] = (), options: dict[str, Any] | None = None,
+                          workdir: str | Path | None = None, progress: bool = True) -> Path:
+    """Write a cross-fitted teacher file for ``train_records`` (+ full-fit predictions for ``predict_records``).
+
+    ``options`` go to :class:`TfidfSpecialist` (kind "tfidf") or to ``TrainingArguments`` (kind "encoder",
+    e.g. ``{"encoder": "minilm", "epochs": 2}``). Rows are keyed by (task_id, response_id); each row's
+    ``extra`` says whether it is cross-fitted (``{"fold": k}``) or from the full fit.
+    """
+    from tqdm.auto import tqdm
+
+    options = dict(options or {})
+    if kind not in ("tfidf", "encoder"):
+        raise ValueError(f"kind must be 'tfidf' or 'encoder', got {kind!r}")
+    workdir = Path(workdir) if workdir else Path(out_path).with_suffix(".work")
+    by_task: dict[str, list[Record]] = {}
+    for r in train_records:
+        by_task.setdefault(r.task_id, []).append(r)
+    extra_by_task: dict[str, list[Record]] = {}
+    for r in predict_records:
+        extra_by_task.setdefault(r.task_id, []).append(r)
+    train_keys = {r.key for r in train_records}
+    source = f"specialist-{kind}-kfold{folds}"
+    rows: list[TeacherRow] = []
+    jobs = [(t, k) for t in by_task for k in range(folds + (1 if extra_by_task.get(t) else 0))]
+    bar = tqdm(total=len(jobs), desc=f"teacher ({kind}, {folds}-fold)", disable=not progress)
+    for tid, recs in by_task.items():
+        enc = LabelEncoding.from_task(registry.get(tid))
+
+        def fit_predict(train: Sequence[Record], pred: Sequence[Record], tag: str) -> np.ndarray:
+            if kind == "tfidf":
+                return _fit_predict_tfidf(enc, train, pred, options)
+            return _fit_predict_encoder(enc, registry, train, pred, options, workdir / tid / tag)
+
+        for k, test_idx in enumerate(kfold_indices(recs, enc, folds, seed)):
+            test_set = set(test_idx.tolist())
+            tr = [r for i, r in enumerate(recs) if i not in test_set]
+            te = [recs[i] for i in test_idx]
+            probs = fit_predict(tr, te, f"fold{k}")
+            rows += [TeacherRow(tid, r.response_id, enc.names, probs=[float(x) for x in p], source=source,
+                                extra={"fold": k}) for r, p in zip(te, probs)]
+            bar.update(1)
+        extra = [r for r in extra_by_task.get(tid, []) if r.key not in train_keys]
+        if extra:
+            probs = fit_predict(recs, extra, "full")
+            rows += [TeacherRow(tid, r.response_id, enc.names, probs=[float(x) for x in p], source=source,
+                                extra={"fold": "full"}) for r, p in zip(extra, probs)]
+            bar.update(1)
+    bar.close()
+    return write_teacher_file(rows, out_path)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------------------
+def import_teacher(src: str | Path, registry: TaskRegistry, out_path: str | Path, *,
+                   records: Sequence[Record] | None = None, policy: AlignPolicy = "strict",
+                   source: str | None = None) -> Path:
+    """Validate outputs produced elsewhere and write them as a rubricate teacher file.
+
+    ``src`` is either a teacher JSONL file (our format) or a CSV/TSV with columns ``task_id``,
+    ``response_id`` and one column per label name holding a probability (``E1``, ``score>=2``) or a
+    logit (``logit:E1``). Labels must match each task's label encoding. With ``records``, the rows are
+    checked against them by key under ``policy`` (see ``align_teacher``).
+    """
+    src = Path(src)
+    names = {t.id: LabelEncoding.from_task(t).names for t in registry}
+    if src.suffix in (".csv", ".tsv"):
+        rows = _read_teacher_table(src, names, source or f"import:{src.name}")
+    else:
+        rows = read_teacher_file(src, label_names=names)
+        if source:
+            for r in rows.values():
+                r.source = source
+    if records is not None:
+        align_teacher(rows, [r.key for r in records], policy=policy, source=src)
+    return write_teacher_file(rows.values(), out_path)
+
+
+def _read_teacher_table(path: Path, names: dict[str, list[str]], source: str) -> dict[tuple[str, str], TeacherRow]:
+    out: dict[tuple[str, str], TeacherRow] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
+        header = reader.fieldnames or []
+        for col in ("task_id", "response_id"):
+            if col not in header:
+                raise InputError("missing column", file=path, line=1, column=col)
+        for line, row in enumerate(reader, start=2):
+            tid = row["task_id"]
+            if tid not in names:
+                raise InputError(f"unknown task '{tid}'", file=path, line=line, column="task_id")
+            labels = names[tid]
+            use_logits = all(f"logit:{n}" in header for n in labels)
+            values = []
+            for n in labels:
+                col = f"logit:{n}" if use_logits else n
+                if col not in header:
+                    raise InputError(f"no column for label '{n}' of task '{tid}' (expected '{n}' or 'logit:{n}')",
+                                     file=path, line=1, column=n)
+                raw = (row.get(col) or "").strip()
+                try:
+                    v = float(raw)
+                except ValueError:
+                    raise InputError(f"not a number: {raw!r}", file=path, line=line, column=col) from None
+                if not math.isfinite(v) or (not use_logits and not 0.0 <= v <= 1.0):
+                    raise InputError(f"invalid value {v}", file=path, line=line, column=col)
+                values.append(v)
+            r = TeacherRow(tid, row["response_id"], labels, probs=None if use_logits else values,
+                           logits=values if use_logits else None, source=source)
+            if r.key in out:
+                raise InputError(f"duplicate row for {r.key}", file=path, line=line, column="response_id")
+            out[r.key] = r
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# LLM classifier teacher (causal LM + classification head + LoRA)
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class LLMTeacherArguments:
+    """Arguments of :func:`train_llm_teacher` (all documented, none hidden)."""
+
+    model_dir: str  #: causal-LM directory (HF) or a folder holding ``gguf_file``
+    gguf_file: str | None = None  #: GGUF file name inside model_dir (de-quantised by transformers)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] | None = None  #: None: q_proj, k_proj, v_proj, o_proj
+    epochs: float = 1.0
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_length: int = 256
+    max_question_chars: int = 600  #: how much of the task's question is put before the answer
+    folds: int = 1  #: >= 2: cross-fitted; 1: one model for all rows (training rows are then in-sample)
+    seed: int = 42
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    max_grad_norm: float = 1.0
+    device: str = "auto"  #: "auto" (cuda when available), "cpu" or "cuda"
+    progress: bool = True
+
+
+def _llm_prompt(registry: TaskRegistry, r: Record, max_question_chars: int) -> str:
+    t = registry.get(r.task_id)
+    return f"Task: {t.title}\nQuestion: {t.question[:max_question_chars]}\nAnswer: {r.text}"
+
+
+def _train_llm_once(args: LLMTeacherArguments, registry: TaskRegistry, task_ids: list[str],
+                    train: Sequence[Record], predict: Sequence[Record]) -> np.ndarray:
+    """Fit one LoRA classifier on ``train``; logits (len(predict), sum of label counts)."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from rubricate.student.trainer import bce_loss, set_seed
+
+    set_seed(args.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    encs = {t: LabelEncoding.from_task(registry.get(t)) for t in task_ids}
+    offsets, total = {}, 0
+    for t in task_ids:
+        offsets[t] = total
+        total += encs[t].n_labels
+    kw: dict[str, Any] = {"gguf_file": args.gguf_file} if args.gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(args.model_dir, **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model_dir, num_labels=total, problem_type="multi_label_classification", **kw)
+    model.config.pad_token_id = tok.pad_token_id
+    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_r, lora_alpha=args.lora_alpha,
+                      lora_dropout=args.lora_dropout,
+                      target_modules=args.target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
+    model = get_peft_model(model, lcfg).to(device)
+
+    def batchify(recs: Sequence[Record]) -> Any:
+        return tok([_llm_prompt(registry, r, args.max_question_chars) for r in recs], truncation=True,
+                   max_length=args.max_length, padding=True, return_tensors="pt").to(device)
+
+    targets = np.full((len(train), total), np.nan, dtype=np.float32)
+    for i, r in enumerate(train):
+        o = offsets[r.task_id]
+        targets[i, o: o + encs[r.task_id].n_labels] = encs[r.task_id].encode(r.labels)
+    steps = max(1, math.ceil(len(train) / args.batch_size * args.epochs))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                            weight_decay=args.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, int(args.warmup_ratio * steps), steps)
+    rng = np.random.default_rng(args.seed)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc="llm teacher", disable=not args.progress)
+    step = 0
+    model.train()
+    while step < steps:
+        for s in range(0, len(train), args.batch_size):
+            if step >= steps:
+                break
+            if s == 0:
+                order = rng.permutation(len(train))
+            rows = order[s: s + args.batch_size]
+            out = model(**batchify([train[i] for i in rows]))
+            # masked BCE: only the columns of each row's own task count
+            loss = bce_loss(out.logits.float(), torch.from_numpy(targets[rows]).to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    model.eval()
+    out_logits = np.zeros((len(predict), total), dtype=np.float32)
+    with torch.no_grad():
+        for s in range(0, len(predict), args.batch_size):
+            chunk = predict[s: s + args.batch_size]
+            out_logits[s: s + len(chunk)] = model(**batchify(chunk)).logits.float().cpu().numpy()
+    return out_logits
+
+
+def train_llm_teacher(args: LLMTeacherArguments, registry: TaskRegistry, train_records: Sequence[Record],
+                      out_path: str | Path, predict_records: Sequence[Record] = ()) -> Path:
+    """LoRA-tune a causal-LM classifier on all tasks at once and write its logits as a teacher file.
+
+    One classification head spans every task's labels (concatenated); each row's loss only covers its
+    own task's columns. With ``folds >= 2`` the training rows are cross-fitted (like the specialists);
+    with ``folds == 1`` they are predicted in-sample and the rows are tagged ``{"fold": "in-sample"}``.
+    """
+    task_ids = list(dict.fromkeys(r.task_id for r in train_records))
+    encs = {t: LabelEncoding.from_task(registry.get(t)) for t in task_ids}
+    offsets, o = {}, 0
+    for t in task_ids:
+        offsets[t] = o
+        o += encs[t].n_labels
+    name = Path(args.gguf_file or args.model_dir).name
+    source = f"llm-lora:{name}" + (f"-kfold{args.folds}" if args.folds >= 2 else "")
+    train_keys = {r.key for r in train_records}
+    rows: list[TeacherRow] = []
+
+    def emit(recs: Sequence[Record], logits: np.ndarray, fold: Any) -> None:
+        for r, z in zip(recs, logits):
+            e = encs[r.task_id]
+            rows.append(TeacherRow(r.task_id, r.response_id, e.names,
+                                   logits=[float(x) for x in z[offsets[r.task_id]: offsets[r.task_id] + e.n_labels]],
+                                   source=source, extra={"fold": fold}))
+
+    extra = [r for r in predict_records if r.key not in train_keys and r.task_id in encs]
+    recs = list(train_records)
+    if args.folds >= 2:
+        from sklearn.model_selection import KFold
+
+        for k, (tr, te) in enumerate(KFold(args.folds, shuffle=True, random_state=args.seed).split(recs)):
+            emit([recs[i] for i in te], _train_llm_once(args, registry, task_ids, [recs[i] for i in tr],
+                                                        [recs[i] for i in te]), k)
+        if extra:
+            emit(extra, _train_llm_once(args, registry, task_ids, recs, extra), "full")
+    else:
+        logits = _train_llm_once(args, registry, task_ids, recs, recs + extra)
+        emit(recs, logits[: len(recs)], "in-sample")
+        emit(extra, logits[len(recs):], "full")
+    return write_teacher_file(rows, out_path)
