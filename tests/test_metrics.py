@@ -216,7 +216,9 @@ def test_vectorised_bootstrap_equals_per_resample_sklearn_scipy() -> None:
     reps = bootstrap_score_metrics(h, m, 1, 4, idx=idx)
     for b in range(6):
         hb, mb = h[idx[b]], m[idx[b]]
-        assert reps["qwk"][b] == pytest.approx(cohen_kappa_score(hb, mb, labels=[1, 2, 3, 4], weights="quadratic"))
+        assert reps["qwk"][b] == pytest.approx(
+            cohen_kappa_score(hb, mb, labels=[1, 2, 3, 4], weights="quadratic")
+        )
         assert reps["spearman"][b] == pytest.approx(stats.spearmanr(hb, mb).statistic)
         assert reps["pearson"][b] == pytest.approx(stats.pearsonr(hb, mb).statistic)
         assert reps["smd"][b] == pytest.approx(standardized_mean_difference(hb, mb))
@@ -241,13 +243,29 @@ def test_bootstrap_multilabel_matches_point_estimates_per_resample() -> None:
 # --------------------------------------------------------------------------------------------------------
 # evaluate(): joins, label encoding, human-human, subgroups
 def _registry() -> TaskRegistry:
-    return TaskRegistry([
-        task_from_dict({"id": "t1", "title": "T1", "question": "q",
-                        "rubric": {"criteria": [{"id": "E1", "description": "d"}, {"id": "E2", "description": "d"}],
-                                   "scales": [{"id": "score", "min": 0, "max": 3}]}}),
-        task_from_dict({"id": "t2", "title": "T2", "question": "q",
-                        "rubric": {"scales": [{"id": "score", "min": 1, "max": 4}]}}),
-    ])
+    return TaskRegistry(
+        [
+            task_from_dict(
+                {
+                    "id": "t1",
+                    "title": "T1",
+                    "question": "q",
+                    "rubric": {
+                        "criteria": [{"id": "E1", "description": "d"}, {"id": "E2", "description": "d"}],
+                        "scales": [{"id": "score", "min": 0, "max": 3}],
+                    },
+                }
+            ),
+            task_from_dict(
+                {
+                    "id": "t2",
+                    "title": "T2",
+                    "question": "q",
+                    "rubric": {"scales": [{"id": "score", "min": 1, "max": 4}]},
+                }
+            ),
+        ]
+    )
 
 
 def _data(n: int = 60, seed: int = 0) -> tuple[list[Record], list[dict]]:
@@ -258,14 +276,32 @@ def _data(n: int = 60, seed: int = 0) -> tuple[list[Record], list[dict]]:
         e1, e2 = int(s >= 1), int(rng.integers(0, 2))
         r2 = int(np.clip(s + rng.choice([-1, 0, 0, 0, 1]), 0, 3))
         ps = int(np.clip(s + rng.choice([-1, 0, 0, 1]), 0, 3))
-        recs.append(Record(str(i), "t1", "text", {"E1": e1, "E2": e2, "score": s}, {"score": r2},
-                           {"school": "A" if i % 3 else "B"}))
-        preds.append({"task_id": "t1", "response_id": str(i), "scores": {"E1": e1, "E2": 1 - e2 if i % 5 == 0 else e2,
-                                                                        "score": ps}})
+        recs.append(
+            Record(
+                str(i),
+                "t1",
+                "text",
+                {"E1": e1, "E2": e2, "score": s},
+                {"score": r2},
+                {"school": "A" if i % 3 else "B"},
+            )
+        )
+        preds.append(
+            {
+                "task_id": "t1",
+                "response_id": str(i),
+                "scores": {"E1": e1, "E2": 1 - e2 if i % 5 == 0 else e2, "score": ps},
+            }
+        )
         s2 = int(rng.integers(1, 5))
         recs.append(Record(str(i), "t2", "text", {"score": s2}, None, {"school": "A"} if i % 4 else {}))
-        preds.append({"task_id": "t2", "response_id": str(i), "scores": {"score": int(np.clip(s2 + rng.choice(
-            [-1, 0, 0, 1]), 1, 4))}})
+        preds.append(
+            {
+                "task_id": "t2",
+                "response_id": str(i),
+                "scores": {"score": int(np.clip(s2 + rng.choice([-1, 0, 0, 1]), 1, 4))},
+            }
+        )
     return recs, preds
 
 
@@ -286,7 +322,9 @@ def test_evaluate_end_to_end_numbers() -> None:
     assert t1.multilabel.n_labels == 5
     # human-human and degradation on the double-scored responses
     h2 = [r.rater2["score"] for r in g]
-    assert sc.human_human.qwk == pytest.approx(cohen_kappa_score(h, h2, labels=[0, 1, 2, 3], weights="quadratic"))
+    assert sc.human_human.qwk == pytest.approx(
+        cohen_kappa_score(h, h2, labels=[0, 1, 2, 3], weights="quadratic")
+    )
     for k in SCORE_METRICS:
         assert sc.degradation[k] == pytest.approx(sc.machine_double_scored.get(k) - sc.human_human.get(k))
     # t2 has no second rater
@@ -306,8 +344,13 @@ def test_evaluate_uses_probabilities_when_given() -> None:
     for x in preds:
         if x["task_id"] == "t1":
             # probabilities saying the opposite of the scores for E1: label metrics must follow probs
-            x["probs"] = {"E1": 1.0 - x["scores"]["E1"], "E2": float(x["scores"]["E2"]),
-                          "score>=1": 1.0, "score>=2": 0.0, "score>=3": 0.0}
+            x["probs"] = {
+                "E1": 1.0 - x["scores"]["E1"],
+                "E2": float(x["scores"]["E2"]),
+                "score>=1": 1.0,
+                "score>=2": 0.0,
+                "score>=3": 0.0,
+            }
     rep = evaluate(recs, preds, _registry(), n_boot=0)
     e1 = rep.task("t1").labels[0]
     assert e1.name == "E1" and e1.accuracy == 0.0
@@ -320,9 +363,14 @@ def test_subgroups() -> None:
     assert set(sub) == {"A", "B"} and sub["A"].n + sub["B"].n == 60 and sub["B"].n == 20
     g = [r for r in recs if r.task_id == "t1" and r.metadata["school"] == "B"]
     p = {x["response_id"]: x["scores"]["score"] for x in preds if x["task_id"] == "t1"}
-    assert sub["B"].qwk == pytest.approx(cohen_kappa_score([r.labels["score"] for r in g],
-                                                           [p[r.response_id] for r in g], labels=[0, 1, 2, 3],
-                                                           weights="quadratic"))
+    assert sub["B"].qwk == pytest.approx(
+        cohen_kappa_score(
+            [r.labels["score"] for r in g],
+            [p[r.response_id] for r in g],
+            labels=[0, 1, 2, 3],
+            weights="quadratic",
+        )
+    )
     sub2 = rep.task("t2").scales[0].subgroups
     assert set(sub2) == {"A", MISSING_GROUP} and sub2[MISSING_GROUP].n == 15
     with pytest.raises(InputError, match="group column 'nope'"):
@@ -368,5 +416,11 @@ def test_rater2_as_predictions_reproduces_human_human() -> None:
     assert set(recs[0].labels) == {"E1", "E2", "score"}  # the input records are not modified
     rep = evaluate(gold, preds, _registry(), n_boot=0, compare_rater2=False)
     g = [r for r in recs if r.task_id == "t1"]
-    assert rep.task("t1").scales[0].machine.qwk == pytest.approx(cohen_kappa_score(
-        [r.labels["score"] for r in g], [r.rater2["score"] for r in g], labels=[0, 1, 2, 3], weights="quadratic"))
+    assert rep.task("t1").scales[0].machine.qwk == pytest.approx(
+        cohen_kappa_score(
+            [r.labels["score"] for r in g],
+            [r.rater2["score"] for r in g],
+            labels=[0, 1, 2, 3],
+            weights="quadratic",
+        )
+    )

@@ -19,7 +19,7 @@ from rubricate.tasks import TaskRegistry
 
 TASKS = {
     "t1": "id: t1\ntitle: T1\nquestion: q\nrubric:\n  criteria:\n    - {id: E1, description: d}\n"
-          "  scales:\n    - {id: score, min: 0, max: 2}\n",
+    "  scales:\n    - {id: score, min: 0, max: 2}\n",
     "t2": "id: t2\ntitle: T2\nquestion: q\nrubric:\n  scales:\n    - {id: score, min: 1, max: 4}\n",
 }
 
@@ -33,12 +33,29 @@ def _setup(tmp_path: Path, n: int = 40) -> tuple[Path, Path, list[Record], list[
     recs, preds = [], []
     for i in range(n):
         s = int(rng.integers(0, 3))
-        recs.append(Record(f"r{i}", "t1", f"answer {i}", {"E1": int(s > 0), "score": s},
-                           {"score": int(np.clip(s + rng.choice([-1, 0, 0, 0, 1]), 0, 2))}, {"grade": 7 + i % 2}))
+        recs.append(
+            Record(
+                f"r{i}",
+                "t1",
+                f"answer {i}",
+                {"E1": int(s > 0), "score": s},
+                {"score": int(np.clip(s + rng.choice([-1, 0, 0, 0, 1]), 0, 2))},
+                {"grade": 7 + i % 2},
+            )
+        )
         ps = int(np.clip(s + rng.choice([-1, 0, 0, 1]), 0, 2))
-        preds.append({"task_id": "t1", "response_id": f"r{i}", "scores": {"E1": int(ps > 0), "score": ps},
-                      "probs": {"E1": 0.9 if ps > 0 else 0.1, "score>=1": 0.9 if ps >= 1 else 0.1,
-                                "score>=2": 0.9 if ps >= 2 else 0.1}})
+        preds.append(
+            {
+                "task_id": "t1",
+                "response_id": f"r{i}",
+                "scores": {"E1": int(ps > 0), "score": ps},
+                "probs": {
+                    "E1": 0.9 if ps > 0 else 0.1,
+                    "score>=1": 0.9 if ps >= 1 else 0.1,
+                    "score>=2": 0.9 if ps >= 2 else 0.1,
+                },
+            }
+        )
         s2 = int(rng.integers(1, 5))
         recs.append(Record(f"r{i}", "t2", f"answer {i}", {"score": s2}, None, {"grade": 7}))
         preds.append({"task_id": "t2", "response_id": f"r{i}", "scores": {"score": s2}})
@@ -61,8 +78,16 @@ def test_write_report_json_md_html_png(tmp_path: Path) -> None:
     assert pngs == ["confusion_t1_score.png", "confusion_t2_score.png"]
     assert all((out["plots"] / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     md = out["md"].read_text()
-    for needle in ("## Across tasks", "Fisher-z mean QWK", "human–human", "## Task t1", "#### Subgroups",
-                   "| E1 |", "![confusion matrix t1 score](plots/confusion_t1_score.png)", "| score>=2 |"):
+    for needle in (
+        "## Across tasks",
+        "Fisher-z mean QWK",
+        "human–human",
+        "## Task t1",
+        "#### Subgroups",
+        "| E1 |",
+        "![confusion matrix t1 score](plots/confusion_t1_score.png)",
+        "| score>=2 |",
+    ):
         assert needle in md, needle
     # t1's QWK with its CI appears in the per-task table
     q = rep.task("t1").scales[0].machine
@@ -90,11 +115,14 @@ def test_undefined_values_are_marked_with_their_reason(tmp_path: Path) -> None:
 def test_read_predictions_jsonl_and_csv(tmp_path: Path) -> None:
     tdir, _, _, _ = _setup(tmp_path)
     reg = TaskRegistry.from_dir(tdir)
-    p = _jsonl(tmp_path / "p.jsonl", [
-        {"task_id": "t1", "response_id": "a", "scores": {"score": 2, "E1": 1}, "probs": {"E1": 0.8}},
-        {"task_id": "t1", "response_id": "b", "status": "failed", "score": None, "scores": {}},
-        {"task_id": "t2", "response_id": "c", "score": 3},
-    ])
+    p = _jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"task_id": "t1", "response_id": "a", "scores": {"score": 2, "E1": 1}, "probs": {"E1": 0.8}},
+            {"task_id": "t1", "response_id": "b", "status": "failed", "score": None, "scores": {}},
+            {"task_id": "t2", "response_id": "c", "score": 3},
+        ],
+    )
     rows = read_predictions(p, reg)
     assert rows[0].scores == {"score": 2, "E1": 1} and rows[0].probs == {"E1": 0.8}
     assert rows[1].scores == {} and rows[2].scores == {"score": 3}
@@ -104,16 +132,28 @@ def test_read_predictions_jsonl_and_csv(tmp_path: Path) -> None:
     assert [r.scores for r in rows] == [{"score": 2, "E1": 1}, {"score": 4}, {}]
 
 
-@pytest.mark.parametrize("content,line,column", [
-    ('{"task_id": "t1", "response_id": "a", "scores": {"score": 1}}\n{"task_id": "t1"}\n', 2, "response_id"),
-    ('{"task_id": "t1", "response_id": "a", "scores": {"score": 1.5}}\n', 1, "scores.score"),
-    ('{"task_id": "t1", "response_id": "a", "probs": {"E1": 1.2}}\n', 1, "probs.E1"),
-    ('{"task_id": "tX", "response_id": "a"}\n', 1, "task_id"),
-    ('{"task_id": "t1", "response_id": "a"}\n\n{"task_id": "t1", "response_id": "a"}\n', 3, "response_id"),
-    ('{"task_id": "t1", "response_id": "a"\n', 1, None),
-])
-def test_read_predictions_errors_name_line_and_field(tmp_path: Path, content: str, line: int, column: str | None
-                                                     ) -> None:
+@pytest.mark.parametrize(
+    "content,line,column",
+    [
+        (
+            '{"task_id": "t1", "response_id": "a", "scores": {"score": 1}}\n{"task_id": "t1"}\n',
+            2,
+            "response_id",
+        ),
+        ('{"task_id": "t1", "response_id": "a", "scores": {"score": 1.5}}\n', 1, "scores.score"),
+        ('{"task_id": "t1", "response_id": "a", "probs": {"E1": 1.2}}\n', 1, "probs.E1"),
+        ('{"task_id": "tX", "response_id": "a"}\n', 1, "task_id"),
+        (
+            '{"task_id": "t1", "response_id": "a"}\n\n{"task_id": "t1", "response_id": "a"}\n',
+            3,
+            "response_id",
+        ),
+        ('{"task_id": "t1", "response_id": "a"\n', 1, None),
+    ],
+)
+def test_read_predictions_errors_name_line_and_field(
+    tmp_path: Path, content: str, line: int, column: str | None
+) -> None:
     tdir, _, _, _ = _setup(tmp_path)
     p = tmp_path / "bad.jsonl"
     p.write_text(content)
@@ -138,9 +178,26 @@ def test_cli_report_records_and_predictions(tmp_path: Path) -> None:
     gold = write_records(recs, tmp_path / "gold.jsonl")
     pred = _jsonl(tmp_path / "student.jsonl", preds)
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["report", "--gold", str(gold), "--format", "records", "--pred", str(pred),
-                                   "--tasks", str(tdir), "--out", str(out), "--n-boot", "50",
-                                   "--group-column", "grade"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--gold",
+            str(gold),
+            "--format",
+            "records",
+            "--pred",
+            str(pred),
+            "--tasks",
+            str(tdir),
+            "--out",
+            str(out),
+            "--n-boot",
+            "50",
+            "--group-column",
+            "grade",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads((out / "report.json").read_text())
     assert d["machine_label"] == "student" and d["settings"]["gold_format"] == "records"
@@ -154,8 +211,19 @@ def test_cli_report_missing_prediction_is_an_error_unless_allowed(tmp_path: Path
     tdir, _, recs, preds = _setup(tmp_path, 10)
     gold = write_records(recs, tmp_path / "gold.jsonl")
     pred = _jsonl(tmp_path / "p.jsonl", preds[:-1])
-    args = ["report", "--gold", str(gold), "--pred", str(pred), "--tasks", str(tdir), "--out", str(tmp_path / "o"),
-            "--n-boot", "0"]
+    args = [
+        "report",
+        "--gold",
+        str(gold),
+        "--pred",
+        str(pred),
+        "--tasks",
+        str(tdir),
+        "--out",
+        str(tmp_path / "o"),
+        "--n-boot",
+        "0",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0 and isinstance(res.exception, InputError)
     assert "have no prediction" in str(res.exception)
@@ -168,7 +236,9 @@ def test_cli_report_missing_prediction_is_an_error_unless_allowed(tmp_path: Path
 def test_cli_needs_exactly_one_of_pred_or_human_human(tmp_path: Path) -> None:
     tdir, _, recs, _ = _setup(tmp_path, 5)
     gold = write_records(recs, tmp_path / "gold.jsonl")
-    res = CliRunner().invoke(app, ["report", "--gold", str(gold), "--tasks", str(tdir), "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app, ["report", "--gold", str(gold), "--tasks", str(tdir), "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code == 2 and "--human-human" in res.output
 
 
@@ -192,9 +262,23 @@ def test_asap_sas_human_human_table_equals_readme(shared_data: Path, repo_root: 
     per_set, mean, fisher = _readme_table(readme)
     assert len(per_set) == 10 and (mean, fisher) == (0.8807, 0.9045)
     out = tmp_path / "hh"
-    res = CliRunner().invoke(app, [
-        "report", "--gold", str(shared_data / "asap-sas" / "train.tsv"), "--format", "asap-sas", "--human-human",
-        "--tasks", str(repo_root / "tasks" / "asap_sas"), "--out", str(out), "--n-boot", "100"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--gold",
+            str(shared_data / "asap-sas" / "train.tsv"),
+            "--format",
+            "asap-sas",
+            "--human-human",
+            "--tasks",
+            str(repo_root / "tasks" / "asap_sas"),
+            "--out",
+            str(out),
+            "--n-boot",
+            "100",
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads((out / "report.json").read_text())
     got = {int(t["task_id"].rsplit("-", 1)[1]): t["scales"][0]["machine"]["qwk"] for t in d["tasks"]}

@@ -83,8 +83,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -331,14 +332,18 @@ def kappa(
 
 
 def quadratic_weighted_kappa(
-    human: Sequence[int] | np.ndarray, machine: Sequence[int] | np.ndarray, *, labels: Sequence[int] | None = None,
+    human: Sequence[int] | np.ndarray,
+    machine: Sequence[int] | np.ndarray,
+    *,
+    labels: Sequence[int] | None = None,
 ) -> float:
     """QWK on the categories ``labels`` (NaN when undefined; see :func:`kappa` for the reason)."""
     return kappa(human, machine, labels=labels, weights="quadratic")[0]
 
 
-def kappa_from_confusion(counts: np.ndarray, weights: KappaWeights = None,
-                         constant_prediction: ConstantPolicy = "zero") -> np.ndarray:
+def kappa_from_confusion(
+    counts: np.ndarray, weights: KappaWeights = None, constant_prediction: ConstantPolicy = "zero"
+) -> np.ndarray:
     """Vectorised κ from confusion counts of shape ``(..., K, K)`` (rows human) - used by the bootstrap.
 
     Gives the same value as sklearn for every matrix (checked in the tests); NaN where the human marginal
@@ -374,15 +379,23 @@ def confusion_counts(human: np.ndarray, machine: np.ndarray, labels: Sequence[in
 # --------------------------------------------------------------------------------------------------------
 # Fisher-z aggregation
 # --------------------------------------------------------------------------------------------------------
-def fisher_z_mean(kappas: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray | None = None,
-                  clip: float = KAPPA_CLIP, axis: int = -1) -> float | np.ndarray:
+def fisher_z_mean(
+    kappas: Sequence[float] | np.ndarray,
+    weights: Sequence[float] | np.ndarray | None = None,
+    clip: float = KAPPA_CLIP,
+    axis: int = -1,
+) -> float | np.ndarray:
     """Kaggle ASAP's mean of κ values: ``tanh(mean(atanh(clip(κ, ±clip))))``, optionally weighted.
 
     Weights (e.g. the number of responses per task) are normalised to mean 1, as in the Kaggle metric code;
     NaN κ values are left out (with their weights). Works along ``axis`` for bootstrap matrices.
     """
     k = np.asarray(kappas, dtype=np.float64)
-    w = np.ones_like(k) if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), k.shape)
+    w = (
+        np.ones_like(k)
+        if weights is None
+        else np.broadcast_to(np.asarray(weights, dtype=np.float64), k.shape)
+    )
     valid = ~np.isnan(k)
     z = np.arctanh(np.clip(np.where(valid, k, 0.0), -clip, clip))
     wv = np.where(valid, w, 0.0)
@@ -437,8 +450,16 @@ def label_metrics(
         notes["f1"] = "no positives in gold or prediction: F1 is 0/0"
     else:
         f1 = float(f1_score(t, yp, labels=[0, 1], pos_label=1, average="binary", zero_division=0.0))
-    return LabelMetrics(name=name, n=n, kappa=kap, accuracy=float(accuracy_score(t, yp)), f1=f1,
-                        gold_rate=float(t.mean()), pred_rate=float(yp.mean()), notes=notes)
+    return LabelMetrics(
+        name=name,
+        n=n,
+        kappa=kap,
+        accuracy=float(accuracy_score(t, yp)),
+        f1=f1,
+        gold_rate=float(t.mean()),
+        pred_rate=float(yp.mean()),
+        notes=notes,
+    )
 
 
 def _nanmean_count(values: Iterable[float]) -> tuple[float, int]:
@@ -458,9 +479,13 @@ def multilabel_metrics(
     t = np.atleast_2d(np.asarray(y_true, dtype=np.float64))
     p = np.atleast_2d(np.asarray(y_prob_or_pred, dtype=np.float64))
     if t.shape != p.shape or t.shape[1] != len(label_names):
-        raise ValueError(f"targets {t.shape}, predictions {p.shape} and {len(label_names)} label names disagree")
-    per = [label_metrics(t[:, j], p[:, j], threshold, name, constant_prediction)
-           for j, name in enumerate(label_names)]
+        raise ValueError(
+            f"targets {t.shape}, predictions {p.shape} and {len(label_names)} label names disagree"
+        )
+    per = [
+        label_metrics(t[:, j], p[:, j], threshold, name, constant_prediction)
+        for j, name in enumerate(label_names)
+    ]
     mean_k, k_nan = _nanmean_count(m.kappa for m in per)
     macro, f_nan = _nanmean_count(m.f1 for m in per)
     acc, _ = _nanmean_count(m.accuracy for m in per)
@@ -478,14 +503,24 @@ def multilabel_metrics(
         notes["mean_kappa"] = f"{k_nan} of {len(per)} labels skipped (kappa undefined)"
     if f_nan:
         notes["macro_f1"] = f"{f_nan} of {len(per)} labels skipped (F1 undefined)"
-    return per, MultiLabelMetrics(n_labels=len(per), mean_kappa=mean_k, macro_f1=macro, micro_f1=micro,
-                                  accuracy=acc, n_kappa_undefined=k_nan, n_f1_undefined=f_nan, notes=notes)
+    return per, MultiLabelMetrics(
+        n_labels=len(per),
+        mean_kappa=mean_k,
+        macro_f1=macro,
+        micro_f1=micro,
+        accuracy=acc,
+        n_kappa_undefined=k_nan,
+        n_f1_undefined=f_nan,
+        notes=notes,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
 # Score metrics
 # --------------------------------------------------------------------------------------------------------
-def standardized_mean_difference(human: np.ndarray, machine: np.ndarray, method: SmdMethod = "pooled") -> float:
+def standardized_mean_difference(
+    human: np.ndarray, machine: np.ndarray, method: SmdMethod = "pooled"
+) -> float:
     """``(mean(m) - mean(h)) / SD``; SD pooled ``sqrt((sd_h² + sd_m²)/2)`` or human ``sd_h`` (ddof=1).
 
     NaN when ``n < 2`` or the SD is 0.
@@ -521,13 +556,32 @@ def score_metrics(
 
     ``tolerance`` is the adjacent-agreement distance; ``n_boot = 0`` skips the bootstrap intervals.
     """
-    return _score_metrics(human, machine, scale_min, scale_max, tolerance=tolerance, smd_method=smd_method,
-                          constant_prediction=constant_prediction, n_boot=n_boot, ci=ci, seed=seed)[0]
+    return _score_metrics(
+        human,
+        machine,
+        scale_min,
+        scale_max,
+        tolerance=tolerance,
+        smd_method=smd_method,
+        constant_prediction=constant_prediction,
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
+    )[0]
 
 
 def _score_metrics(
-    human: Sequence[int] | np.ndarray, machine: Sequence[int] | np.ndarray, scale_min: int, scale_max: int, *,
-    tolerance: int, smd_method: SmdMethod, constant_prediction: ConstantPolicy, n_boot: int, ci: float, seed: int,
+    human: Sequence[int] | np.ndarray,
+    machine: Sequence[int] | np.ndarray,
+    scale_min: int,
+    scale_max: int,
+    *,
+    tolerance: int,
+    smd_method: SmdMethod,
+    constant_prediction: ConstantPolicy,
+    n_boot: int,
+    ci: float,
+    seed: int,
 ) -> tuple[ScoreMetrics, dict[str, np.ndarray]]:
     """:func:`score_metrics` plus the bootstrap replicates (reused by the across-task intervals)."""
     h = np.asarray(human).astype(np.int64)
@@ -542,8 +596,25 @@ def _score_metrics(
     conf = confusion_counts(h, m, labels) if n else np.zeros((len(labels), len(labels)), dtype=int)
     if n == 0:
         nan = math.nan
-        return ScoreMetrics(0, scale_min, scale_max, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan,
-                            conf.tolist(), notes={"all": "no responses"}), {}
+        return ScoreMetrics(
+            0,
+            scale_min,
+            scale_max,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            conf.tolist(),
+            notes={"all": "no responses"},
+        ), {}
     qwk, why = kappa(h, m, labels=labels, weights="quadratic", constant_prediction=constant_prediction)
     if why:
         notes["qwk"] = why
@@ -559,21 +630,43 @@ def _score_metrics(
         spearman = float(stats.spearmanr(h, m).statistic)
     smd = standardized_mean_difference(h, m, smd_method)
     if n >= 2 and math.isnan(smd):
-        notes["smd"] = "both score sets are constant: SMD is 0/0" if smd_method == "pooled" else \
-            "human scores are constant: SMD is undefined"
+        notes["smd"] = (
+            "both score sets are constant: SMD is 0/0"
+            if smd_method == "pooled"
+            else "human scores are constant: SMD is undefined"
+        )
     out = ScoreMetrics(
-        n=n, scale_min=scale_min, scale_max=scale_max, qwk=qwk,
-        exact=float(np.mean(d == 0)), adjacent=float(np.mean(np.abs(d) <= tolerance)),
-        mae=float(np.mean(np.abs(d))), rmse=float(np.sqrt(np.mean(d**2))),
-        pearson=pearson, spearman=spearman, smd=smd,
-        mean_human=float(h.mean()), mean_machine=float(m.mean()),
-        sd_human=float(h.std(ddof=1)) if n > 1 else math.nan, sd_machine=float(m.std(ddof=1)) if n > 1 else math.nan,
-        confusion=conf.tolist(), notes=notes,
+        n=n,
+        scale_min=scale_min,
+        scale_max=scale_max,
+        qwk=qwk,
+        exact=float(np.mean(d == 0)),
+        adjacent=float(np.mean(np.abs(d) <= tolerance)),
+        mae=float(np.mean(np.abs(d))),
+        rmse=float(np.sqrt(np.mean(d**2))),
+        pearson=pearson,
+        spearman=spearman,
+        smd=smd,
+        mean_human=float(h.mean()),
+        mean_machine=float(m.mean()),
+        sd_human=float(h.std(ddof=1)) if n > 1 else math.nan,
+        sd_machine=float(m.std(ddof=1)) if n > 1 else math.nan,
+        confusion=conf.tolist(),
+        notes=notes,
     )
     reps: dict[str, np.ndarray] = {}
     if n_boot > 0 and n >= 2:
-        reps = bootstrap_score_metrics(h, m, scale_min, scale_max, n_boot=n_boot, seed=seed, tolerance=tolerance,
-                                       smd_method=smd_method, constant_prediction=constant_prediction)
+        reps = bootstrap_score_metrics(
+            h,
+            m,
+            scale_min,
+            scale_max,
+            n_boot=n_boot,
+            seed=seed,
+            tolerance=tolerance,
+            smd_method=smd_method,
+            constant_prediction=constant_prediction,
+        )
         out.ci = {k: percentile_interval(v, ci) for k, v in reps.items()}
         for k, iv in out.ci.items():
             if iv.n_undefined:
@@ -617,8 +710,12 @@ def _weighted_corr(counts: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarr
         my = (py * y).sum(-1)
         vx = (px * (x - mx[..., None]) ** 2).sum(-1)
         vy = (py * (y - my[..., None]) ** 2).sum(-1)
-        cxy = (counts / n[..., None, None] * (x - mx[..., None])[..., :, None] * (y - my[..., None])[..., None, :]
-               ).sum(axis=(-2, -1))
+        cxy = (
+            counts
+            / n[..., None, None]
+            * (x - mx[..., None])[..., :, None]
+            * (y - my[..., None])[..., None, :]
+        ).sum(axis=(-2, -1))
         r = cxy / np.sqrt(vx * vy)
     # zero variance (a constant side) is undefined, like scipy; tiny negative variances are rounding
     return np.where((vx > 1e-12) & (vy > 1e-12), r, np.nan)
@@ -631,7 +728,11 @@ def _midranks(marginal: np.ndarray) -> np.ndarray:
 
 
 def score_metrics_from_confusion(
-    counts: np.ndarray, scale_min: int, *, tolerance: int = DEFAULT_TOLERANCE, smd_method: SmdMethod = "pooled",
+    counts: np.ndarray,
+    scale_min: int,
+    *,
+    tolerance: int = DEFAULT_TOLERANCE,
+    smd_method: SmdMethod = "pooled",
     constant_prediction: ConstantPolicy = "zero",
 ) -> dict[str, np.ndarray]:
     """Every score metric from confusion counts ``(..., K, K)`` (rows human, columns machine).
@@ -673,9 +774,17 @@ def score_metrics_from_confusion(
 
 
 def bootstrap_score_metrics(
-    human: np.ndarray, machine: np.ndarray, scale_min: int, scale_max: int, *, n_boot: int = DEFAULT_N_BOOT,
-    seed: int = DEFAULT_SEED, tolerance: int = DEFAULT_TOLERANCE, smd_method: SmdMethod = "pooled",
-    constant_prediction: ConstantPolicy = "zero", idx: np.ndarray | None = None,
+    human: np.ndarray,
+    machine: np.ndarray,
+    scale_min: int,
+    scale_max: int,
+    *,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = DEFAULT_SEED,
+    tolerance: int = DEFAULT_TOLERANCE,
+    smd_method: SmdMethod = "pooled",
+    constant_prediction: ConstantPolicy = "zero",
+    idx: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Replicates ``(n_boot,)`` of every score metric over resampled responses, computed all at once.
 
@@ -692,12 +801,17 @@ def bootstrap_score_metrics(
     onehot = np.zeros((n, k * k))
     onehot[np.arange(n), (h - scale_min) * k + (m - scale_min)] = 1.0
     counts = (w @ onehot).reshape(-1, k, k)
-    return score_metrics_from_confusion(counts, scale_min, tolerance=tolerance, smd_method=smd_method,
-                                        constant_prediction=constant_prediction)
+    return score_metrics_from_confusion(
+        counts, scale_min, tolerance=tolerance, smd_method=smd_method, constant_prediction=constant_prediction
+    )
 
 
 def bootstrap_multilabel(
-    y_true: np.ndarray, y_pred01: np.ndarray, *, n_boot: int, seed: int,
+    y_true: np.ndarray,
+    y_pred01: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
     constant_prediction: ConstantPolicy = "zero",
 ) -> dict[str, np.ndarray]:
     """Replicates of the UniMoE four (mean κ, macro-F1, micro-F1, accuracy) over resampled responses.
@@ -725,8 +839,12 @@ def bootstrap_multilabel(
         micro = np.where(micro_den > 0, 2 * tp.sum(axis=1) / micro_den, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return {"mean_kappa": np.nanmean(kap, axis=1), "macro_f1": np.nanmean(f1, axis=1), "micro_f1": micro,
-                "accuracy": np.nanmean(acc, axis=1)}
+        return {
+            "mean_kappa": np.nanmean(kap, axis=1),
+            "macro_f1": np.nanmean(f1, axis=1),
+            "micro_f1": micro,
+            "accuracy": np.nanmean(acc, axis=1),
+        }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -766,9 +884,13 @@ def as_predicted(obj: Any) -> Predicted:
     elif not scores and get("score") is not None:
         scores = {"score": get("score")}
     probs = get("probs")
-    return Predicted(task_id=str(get("task_id")), response_id=str(get("response_id")),
-                     scores={k: int(v) for k, v in scores.items() if v is not None},
-                     probs=dict(probs) if probs else None, source=str(get("source", "") or ""))
+    return Predicted(
+        task_id=str(get("task_id")),
+        response_id=str(get("response_id")),
+        scores={k: int(v) for k, v in scores.items() if v is not None},
+        probs=dict(probs) if probs else None,
+        source=str(get("source", "") or ""),
+    )
 
 
 def rater2_as_predictions(records: Sequence[Record]) -> tuple[list[Record], list[Predicted]]:
@@ -793,8 +915,9 @@ def _group_value(r: Record, column: str) -> str:
     return MISSING_GROUP if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def _aggregate(entries: list[dict[str, Any]], reps: dict[tuple[str, str], np.ndarray], ci: float
-               ) -> AggregateQWK:
+def _aggregate(
+    entries: list[dict[str, Any]], reps: dict[tuple[str, str], np.ndarray], ci: float
+) -> AggregateQWK:
     qwks = np.array([e["qwk"] for e in entries], dtype=np.float64)
     ns = np.array([e["n"] for e in entries], dtype=np.float64)
     n_undef = int(np.isnan(qwks).sum())
@@ -804,14 +927,17 @@ def _aggregate(entries: list[dict[str, Any]], reps: dict[tuple[str, str], np.nda
         mean=float(qwks[ok].mean()) if ok.any() else math.nan,
         fisher_z=fisher_z_mean(qwks) if ok.any() else math.nan,
         fisher_z_weighted=fisher_z_mean(qwks, ns) if ok.any() else math.nan,
-        n_undefined=n_undef, entries=entries,
+        n_undefined=n_undef,
+        entries=entries,
     )
     if reps and len(reps) == len(entries):
         mat = np.stack([reps[(e["task_id"], e["scale_id"])] for e in entries], axis=1)  # (B, E)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            agg.ci = {"mean": percentile_interval(np.nanmean(mat, axis=1), ci),
-                      "fisher_z": percentile_interval(fisher_z_mean(mat, axis=1), ci)}
+            agg.ci = {
+                "mean": percentile_interval(np.nanmean(mat, axis=1), ci),
+                "fisher_z": percentile_interval(fisher_z_mean(mat, axis=1), ci),
+            }
     return agg
 
 
@@ -850,28 +976,41 @@ def evaluate(
     pred_by_key: dict[tuple[str, str], Predicted] = {}
     for p in preds:
         if (p.task_id, p.response_id) in pred_by_key:
-            raise InputError(f"duplicate prediction for task '{p.task_id}', response '{p.response_id}'",
-                             file=p.source or None, column="response_id")
+            raise InputError(
+                f"duplicate prediction for task '{p.task_id}', response '{p.response_id}'",
+                file=p.source or None,
+                column="response_id",
+            )
         if p.task_id not in tasks:
-            raise InputError(f"prediction for unknown task '{p.task_id}' (known: {tasks.ids[:20]})",
-                             file=p.source or None, column="task_id")
+            raise InputError(
+                f"prediction for unknown task '{p.task_id}' (known: {tasks.ids[:20]})",
+                file=p.source or None,
+                column="task_id",
+            )
         pred_by_key[(p.task_id, p.response_id)] = p
     gold_by_task: dict[str, list[Record]] = {}
     seen: set[tuple[str, str]] = set()
     for r in gold:
         if r.key in seen:
-            raise InputError(f"duplicate gold record for task '{r.task_id}', response '{r.response_id}'",
-                             column="response_id")
+            raise InputError(
+                f"duplicate gold record for task '{r.task_id}', response '{r.response_id}'",
+                column="response_id",
+            )
         seen.add(r.key)
         gold_by_task.setdefault(r.task_id, []).append(r)
     extra = [k for k in pred_by_key if k not in seen]
     if extra and missing == "error":
-        raise InputError(f"{len(extra)} predictions have no gold record, e.g. {extra[:5]} "
-                         f"(use missing='drop' / --allow-missing to leave them out)",
-                         file=pred_by_key[extra[0]].source or None)
+        raise InputError(
+            f"{len(extra)} predictions have no gold record, e.g. {extra[:5]} "
+            f"(use missing='drop' / --allow-missing to leave them out)",
+            file=pred_by_key[extra[0]].source or None,
+        )
     if group_column is not None and not any(group_column in r.metadata for r in gold):
-        raise InputError(f"no gold record has the group column '{group_column}' in its metadata "
-                         f"(available: {sorted({k for r in gold for k in r.metadata})[:20]})", column=group_column)
+        raise InputError(
+            f"no gold record has the group column '{group_column}' in its metadata "
+            f"(available: {sorted({k for r in gold for k in r.metadata})[:20]})",
+            column=group_column,
+        )
     pred_tasks = {p.task_id for p in preds}
     task_ids = [t for t in gold_by_task if t in pred_tasks]
     if not task_ids:
@@ -879,8 +1018,10 @@ def evaluate(
     if missing == "error":
         no_pred = [t for t in gold_by_task if t not in pred_tasks and t in tasks]
         if no_pred:
-            raise InputError(f"gold records of tasks {no_pred[:10]} have no predictions at all "
-                             f"(use missing='drop' / --allow-missing to report only the predicted tasks)")
+            raise InputError(
+                f"gold records of tasks {no_pred[:10]} have no predictions at all "
+                f"(use missing='drop' / --allow-missing to report only the predicted tasks)"
+            )
 
     task_reports: list[TaskReport] = []
     boot_machine: dict[tuple[str, str], np.ndarray] = {}
@@ -902,23 +1043,29 @@ def evaluate(
         for r in recs:
             problems = task.check_labels(r.labels)
             if problems:
-                raise InputError(f"gold labels of response '{r.response_id}': {'; '.join(problems)}",
-                                 column="labels")
+                raise InputError(
+                    f"gold labels of response '{r.response_id}': {'; '.join(problems)}", column="labels"
+                )
         matched = [(r, pred_by_key[r.key]) for r in recs if r.key in pred_by_key]
         n_unpred = len(recs) - len(matched)
         if n_unpred:
             if missing == "error":
                 miss = [r.response_id for r in recs if r.key not in pred_by_key]
-                raise InputError(f"task '{task_id}': {n_unpred} gold responses have no prediction, e.g. "
-                                 f"{miss[:5]} (use missing='drop' / --allow-missing)")
+                raise InputError(
+                    f"task '{task_id}': {n_unpred} gold responses have no prediction, e.g. "
+                    f"{miss[:5]} (use missing='drop' / --allow-missing)"
+                )
             notes["coverage"] = f"{n_unpred} of {len(recs)} gold responses have no prediction (left out)"
         if extra_by_task.get(task_id):
             notes["extra_predictions"] = f"{extra_by_task[task_id]} predictions without gold (left out)"
         for r, p in matched:
             problems = task.check_labels(p.scores)
             if problems:
-                raise InputError(f"prediction for response '{r.response_id}': {'; '.join(problems)}",
-                                 file=p.source or None, column="scores")
+                raise InputError(
+                    f"prediction for response '{r.response_id}': {'; '.join(problems)}",
+                    file=p.source or None,
+                    column="scores",
+                )
 
         # ---- per label (binary targets) ----
         labels_out: list[LabelMetrics] = []
@@ -938,34 +1085,51 @@ def evaluate(
             if lack.any():
                 if missing == "error":
                     i, j = np.argwhere(lack)[0]
-                    raise InputError(f"task '{task_id}': response '{matched[i][0].response_id}' has a gold "
-                                     f"'{enc.specs[j].source}' but the prediction has none", column="scores",
-                                     file=matched[i][1].source or None)
+                    raise InputError(
+                        f"task '{task_id}': response '{matched[i][0].response_id}' has a gold "
+                        f"'{enc.specs[j].source}' but the prediction has none",
+                        column="scores",
+                        file=matched[i][1].source or None,
+                    )
                 y_true[lack] = np.nan
-                notes["missing_label_predictions"] = f"{int(lack.sum())} (response, label) cells without a " \
-                                                     "prediction left out"
+                notes["missing_label_predictions"] = (
+                    f"{int(lack.sum())} (response, label) cells without a prediction left out"
+                )
             if 0 < n_from_probs < len(matched):
-                notes["probs"] = f"{n_from_probs} of {len(matched)} predictions carried probabilities; " \
-                                 "the rest were evaluated from their scores"
+                notes["probs"] = (
+                    f"{n_from_probs} of {len(matched)} predictions carried probabilities; "
+                    "the rest were evaluated from their scores"
+                )
             labels_out, ml = multilabel_metrics(y_true, y_pred, enc.names, threshold, constant_prediction)
             if n_boot > 0 and len(matched) >= 2:
-                reps = bootstrap_multilabel(y_true, _to_binary(np.nan_to_num(y_pred), threshold).astype(float),
-                                            n_boot=n_boot, seed=seed + 7919 * t_index,
-                                            constant_prediction=constant_prediction)
+                reps = bootstrap_multilabel(
+                    y_true,
+                    _to_binary(np.nan_to_num(y_pred), threshold).astype(float),
+                    n_boot=n_boot,
+                    seed=seed + 7919 * t_index,
+                    constant_prediction=constant_prediction,
+                )
                 ml.ci = {k: percentile_interval(v, ci) for k, v in reps.items()}
 
         # ---- per scale (decoded scores) ----
         scales_out: list[ScaleReport] = []
-        kw = dict(tolerance=tolerance, smd_method=smd_method, constant_prediction=constant_prediction,
-                  n_boot=n_boot, ci=ci)
+        kw = {
+            "tolerance": tolerance,
+            "smd_method": smd_method,
+            "constant_prediction": constant_prediction,
+            "n_boot": n_boot,
+            "ci": ci,
+        }
         for s_index, sc in enumerate(task.scales):
             both = [(r, p) for r, p in matched if sc.id in r.labels and sc.id in p.scores]
             lacking = [r.response_id for r, p in matched if sc.id in r.labels and sc.id not in p.scores]
             if lacking:
                 if missing == "error":
-                    raise InputError(f"task '{task_id}': {len(lacking)} predictions have no '{sc.id}' score, "
-                                     f"e.g. responses {lacking[:5]} (use missing='drop' / --allow-missing)",
-                                     column="scores")
+                    raise InputError(
+                        f"task '{task_id}': {len(lacking)} predictions have no '{sc.id}' score, "
+                        f"e.g. responses {lacking[:5]} (use missing='drop' / --allow-missing)",
+                        column="scores",
+                    )
                 notes[f"missing_{sc.id}"] = f"{len(lacking)} predictions without a '{sc.id}' score left out"
             seed_s = seed + 104729 * t_index + 15485863 * s_index
             h = np.array([r.labels[sc.id] for r, _ in both], dtype=np.int64)
@@ -987,11 +1151,18 @@ def evaluate(
                     sr.human_human, reps_hh = _score_metrics(h1, h2, sc.min, sc.max, seed=seed_s + 1, **kw)
                 except ValueError as e:
                     raise InputError(f"task '{task_id}': rater2 '{sc.id}': {e}", column="rater2") from None
-                sr.machine_double_scored, reps_md = _score_metrics(h1, md, sc.min, sc.max, seed=seed_s + 1, **kw)
-                sr.degradation = {k: sr.machine_double_scored.get(k) - sr.human_human.get(k) for k in SCORE_METRICS}
-                entries_hh.append({"task_id": task_id, "scale_id": sc.id, "n": len(h1), "qwk": sr.human_human.qwk})
-                entries_md.append({"task_id": task_id, "scale_id": sc.id, "n": len(h1),
-                                   "qwk": sr.machine_double_scored.qwk})
+                sr.machine_double_scored, reps_md = _score_metrics(
+                    h1, md, sc.min, sc.max, seed=seed_s + 1, **kw
+                )
+                sr.degradation = {
+                    k: sr.machine_double_scored.get(k) - sr.human_human.get(k) for k in SCORE_METRICS
+                }
+                entries_hh.append(
+                    {"task_id": task_id, "scale_id": sc.id, "n": len(h1), "qwk": sr.human_human.qwk}
+                )
+                entries_md.append(
+                    {"task_id": task_id, "scale_id": sc.id, "n": len(h1), "qwk": sr.machine_double_scored.qwk}
+                )
                 if reps_hh:
                     boot_hh[key], boot_md[key] = reps_hh["qwk"], reps_md["qwk"]
             if group_column is not None:
@@ -1004,8 +1175,18 @@ def evaluate(
             scales_out.append(sr)
 
         n_pred = len(matched) + extra_by_task.get(task_id, 0)
-        task_reports.append(TaskReport(task_id=task_id, n_gold=len(recs), n_predicted=n_pred, n_matched=len(matched),
-                                       labels=labels_out, multilabel=ml, scales=scales_out, notes=notes))
+        task_reports.append(
+            TaskReport(
+                task_id=task_id,
+                n_gold=len(recs),
+                n_predicted=n_pred,
+                n_matched=len(matched),
+                labels=labels_out,
+                multilabel=ml,
+                scales=scales_out,
+                notes=notes,
+            )
+        )
 
     skipped_tasks = [t for t in gold_by_task if t not in task_ids]
     if skipped_tasks:
@@ -1014,19 +1195,38 @@ def evaluate(
     if entries_hh:
         across.human_human = _aggregate(entries_hh, boot_hh, ci)
         md_agg = _aggregate(entries_md, boot_md, ci)
-        across.degradation = {"mean": md_agg.mean - across.human_human.mean,
-                              "fisher_z": md_agg.fisher_z - across.human_human.fisher_z}
+        across.degradation = {
+            "mean": md_agg.mean - across.human_human.mean,
+            "fisher_z": md_agg.fisher_z - across.human_human.fisher_z,
+        }
     mls = [t.multilabel for t in task_reports if t.multilabel is not None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if mls:
-            across.multilabel_mean = {k: float(np.nanmean([getattr(x, k) for x in mls]))
-                                      for k in ("mean_kappa", "macro_f1", "micro_f1", "accuracy")}
+            across.multilabel_mean = {
+                k: float(np.nanmean([getattr(x, k) for x in mls]))
+                for k in ("mean_kappa", "macro_f1", "micro_f1", "accuracy")
+            }
         all_sc = [s.machine for t in task_reports for s in t.scales]
         if all_sc:
             across.score_means = {k: float(np.nanmean([x.get(k) for x in all_sc])) for k in SCORE_METRICS}
-    settings = dict(threshold=threshold, tolerance=tolerance, smd_method=smd_method,
-                    constant_prediction=constant_prediction, n_boot=n_boot, ci=ci, seed=seed,
-                    group_column=group_column, missing=missing, kappa_clip=KAPPA_CLIP)
-    return Report(title=title, machine_label=machine_label, tasks=task_reports, across=across,
-                  settings=settings, notes=report_notes)
+    settings = {
+        "threshold": threshold,
+        "tolerance": tolerance,
+        "smd_method": smd_method,
+        "constant_prediction": constant_prediction,
+        "n_boot": n_boot,
+        "ci": ci,
+        "seed": seed,
+        "group_column": group_column,
+        "missing": missing,
+        "kappa_clip": KAPPA_CLIP,
+    }
+    return Report(
+        title=title,
+        machine_label=machine_label,
+        tasks=task_reports,
+        across=across,
+        settings=settings,
+        notes=report_notes,
+    )

@@ -20,9 +20,9 @@ import base64
 import html
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from rubricate.errors import InputError
 from rubricate.metrics import (
@@ -39,8 +39,14 @@ from rubricate.tasks import TaskRegistry
 FORMATS = ("json", "md", "html")
 
 _METRIC_NAMES = {
-    "qwk": "QWK", "exact": "exact agreement", "adjacent": "adjacent agreement", "mae": "MAE", "rmse": "RMSE",
-    "pearson": "Pearson r", "spearman": "Spearman ρ", "smd": "SMD",
+    "qwk": "QWK",
+    "exact": "exact agreement",
+    "adjacent": "adjacent agreement",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "pearson": "Pearson r",
+    "spearman": "Spearman ρ",
+    "smd": "SMD",
 }
 
 
@@ -90,8 +96,10 @@ def _render_md(doc: _Doc) -> str:
             out.append("\n".join(f"- {x}" for x in payload))  # type: ignore[union-attr]
         elif kind == "table":
             t: _Table = payload  # type: ignore[assignment]
-            lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
-                     "|" + "|".join("---" for _ in t.headers) + "|"]
+            lines = [
+                "| " + " | ".join(_md_cell(h) for h in t.headers) + " |",
+                "|" + "|".join("---" for _ in t.headers) + "|",
+            ]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
             if t.caption:
                 lines.append("")
@@ -118,8 +126,11 @@ ul{color:#444}
 
 
 def _render_html(doc: _Doc, title: str) -> str:
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+    ]
     for kind, payload in doc.blocks:
         if kind == "h":
             level, text = payload  # type: ignore[misc]
@@ -130,7 +141,9 @@ def _render_html(doc: _Doc, title: str) -> str:
             out.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in payload) + "</ul>")  # type: ignore
         elif kind == "table":
             t: _Table = payload  # type: ignore[assignment]
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows
+            )
             cap = f"<caption>{html.escape(t.caption)}</caption>" if t.caption else ""
             head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
             out.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
@@ -169,9 +182,9 @@ def _notes(prefix: str, notes: dict[str, str]) -> list[str]:
 # --- plots ----------------------------------------------------------------------------------------------
 def plot_confusion(sm: ScoreMetrics, path: Path, title: str, machine_label: str = "machine") -> Path:
     """Save the confusion matrix (rows human, columns machine; counts and row shares) as a PNG."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import numpy as np
 
     counts = np.asarray(sm.confusion, dtype=float)
     k = counts.shape[0]
@@ -186,12 +199,19 @@ def plot_confusion(sm: ScoreMetrics, path: Path, title: str, machine_label: str 
     ax.set_xticks(range(k), [str(t) for t in ticks])
     ax.set_yticks(range(k), [str(t) for t in ticks])
     ax.set_xlabel(f"{machine_label} score")
-    ax.set_ylabel("human score")
+    ax.set_ylabel("human (rater 1) score")
     ax.set_title(title, fontsize=9)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the human row")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,8 +222,11 @@ def plot_confusion(sm: ScoreMetrics, path: Path, title: str, machine_label: str 
 # --- building the document ------------------------------------------------------------------------------
 def _agg_rows(m: AggregateQWK, hh: AggregateQWK | None, deg: dict[str, float] | None) -> list[list[str]]:
     rows = []
-    for key, label in (("mean", "mean QWK"), ("fisher_z", "Fisher-z mean QWK"),
-                       ("fisher_z_weighted", "Fisher-z mean QWK, n-weighted")):
+    for key, label in (
+        ("mean", "mean QWK"),
+        ("fisher_z", "Fisher-z mean QWK"),
+        ("fisher_z_weighted", "Fisher-z mean QWK, n-weighted"),
+    ):
         row = [label, _with_ci(getattr(m, key), m.ci.get(key))]
         if hh is not None:
             row += [_with_ci(getattr(hh, key), hh.ci.get(key)), _f((deg or {}).get(key), 4)]
@@ -212,8 +235,18 @@ def _agg_rows(m: AggregateQWK, hh: AggregateQWK | None, deg: dict[str, float] | 
 
 
 def _score_row(label: str, sm: ScoreMetrics) -> list[str]:
-    return [label, str(sm.n), _with_ci(sm.qwk, sm.ci.get("qwk")), _f(sm.exact, 3), _f(sm.adjacent, 3),
-            _f(sm.mae, 3), _f(sm.rmse, 3), _f(sm.pearson, 3), _f(sm.spearman, 3), _f(sm.smd, 3)]
+    return [
+        label,
+        str(sm.n),
+        _with_ci(sm.qwk, sm.ci.get("qwk")),
+        _f(sm.exact, 3),
+        _f(sm.adjacent, 3),
+        _f(sm.mae, 3),
+        _f(sm.rmse, 3),
+        _f(sm.pearson, 3),
+        _f(sm.spearman, 3),
+        _f(sm.smd, 3),
+    ]
 
 
 _SCORE_HEADERS = ["n", "QWK [95% CI]", "exact", "adjacent", "MAE", "RMSE", "r", "ρ", "SMD"]
@@ -225,11 +258,13 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
     mach = report.machine_label
     s = report.settings
     doc.h(1, report.title)
-    doc.p(f"Scorer: {mach}. Tasks: {len(report.tasks)}. Bootstrap: {s.get('n_boot')} resamples, "
-          f"{int(100 * s.get('ci', 0.95))}% percentile intervals, seed {s.get('seed')}. Label threshold "
-          f"{s.get('threshold')}; adjacent = within {s.get('tolerance')}; SMD {s.get('smd_method')}. "
-          "'n/a' marks an undefined value; the reason is listed under the table. Metric definitions: "
-          "rubricate.metrics module documentation.")
+    doc.p(
+        f"Scorer: {mach}. Tasks: {len(report.tasks)}. Bootstrap: {s.get('n_boot')} resamples, "
+        f"{int(100 * s.get('ci', 0.95))}% percentile intervals, seed {s.get('seed')}. Label threshold "
+        f"{s.get('threshold')}; adjacent = within {s.get('tolerance')}; SMD {s.get('smd_method')}. "
+        "'n/a' marks an undefined value; the reason is listed under the table. Metric definitions: "
+        "rubricate.metrics module documentation."
+    )
     doc.bullets(report.notes)
 
     # ---- across tasks ----
@@ -238,48 +273,75 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
     headers = ["statistic", f"{mach}–human"]
     if a.human_human is not None:
         headers += ["human–human", "degradation"]
-    doc.table(headers, _agg_rows(a.machine, a.human_human, a.degradation),
-              caption="Over every (task, scale). Fisher-z mean: tanh(mean(atanh(clip(κ, ±0.999)))), Kaggle's "
-              "ASAP average. Degradation: machine–human minus human–human on the double-scored responses.")
+    doc.table(
+        headers,
+        _agg_rows(a.machine, a.human_human, a.degradation),
+        caption="Over every (task, scale). Fisher-z mean: tanh(mean(atanh(clip(κ, ±0.999)))), Kaggle's "
+        "ASAP average. Degradation: machine–human minus human–human on the double-scored responses.",
+    )
     extra = []
     if a.machine.n_undefined:
         extra.append(f"{a.machine.n_undefined} (task, scale) QWK values undefined and left out of the means")
     doc.bullets(extra)
     if a.multilabel_mean:
-        doc.table(["mean κ", "macro-F1", "micro-F1", "accuracy"],
-                  [[_f(a.multilabel_mean.get(k)) for k in ("mean_kappa", "macro_f1", "micro_f1", "accuracy")]],
-                  caption="UniMoE multi-label metrics, averaged over tasks.")
+        doc.table(
+            ["mean κ", "macro-F1", "micro-F1", "accuracy"],
+            [[_f(a.multilabel_mean.get(k)) for k in ("mean_kappa", "macro_f1", "micro_f1", "accuracy")]],
+            caption="UniMoE multi-label metrics, averaged over tasks.",
+        )
 
     # ---- per (task, scale) ----
     doc.h(2, "Scores per task")
     rows = []
     for t in report.tasks:
         for sr in t.scales:
-            label = t.task_id if sr.scale_id == "score" and len(t.scales) == 1 else f"{t.task_id} / {sr.scale_id}"
+            label = (
+                t.task_id if sr.scale_id == "score" and len(t.scales) == 1 else f"{t.task_id} / {sr.scale_id}"
+            )
             row = _score_row(label, sr.machine)
             if a.human_human is not None:
                 hh = sr.human_human
-                row += [_with_ci(hh.qwk, hh.ci.get("qwk")) if hh else "", _f((sr.degradation or {}).get("qwk"))]
+                row += [
+                    _with_ci(hh.qwk, hh.ci.get("qwk")) if hh else "",
+                    _f((sr.degradation or {}).get("qwk")),
+                ]
             rows.append(row)
     headers = ["task / scale"] + _SCORE_HEADERS
     if a.human_human is not None:
         headers += ["human–human QWK", "QWK degradation"]
-    doc.table(headers, rows, caption=f"{mach} vs human (rater 1). r: Pearson; ρ: Spearman; SMD: (mean {mach} − "
-              "mean human) / pooled SD.")
+    doc.table(
+        headers,
+        rows,
+        caption=f"{mach} vs human (rater 1). r: Pearson; ρ: Spearman; SMD: (mean {mach} − "
+        "mean human) / pooled SD.",
+    )
     if a.score_means:
-        doc.table(["mean over (task, scale)"] + [_METRIC_NAMES[k] for k in SCORE_METRICS],
-                  [["arithmetic mean"] + [_f(a.score_means.get(k), 3) for k in SCORE_METRICS]])
+        doc.table(
+            ["mean over (task, scale)"] + [_METRIC_NAMES[k] for k in SCORE_METRICS],
+            [["arithmetic mean"] + [_f(a.score_means.get(k), 3) for k in SCORE_METRICS]],
+        )
 
-    ml_rows = [[t.task_id, str(t.multilabel.n_labels), _with_ci(t.multilabel.mean_kappa, t.multilabel.ci.get(
-        "mean_kappa")), _with_ci(t.multilabel.macro_f1, t.multilabel.ci.get("macro_f1")),
-        _with_ci(t.multilabel.micro_f1, t.multilabel.ci.get("micro_f1")),
-        _with_ci(t.multilabel.accuracy, t.multilabel.ci.get("accuracy")), str(t.multilabel.n_kappa_undefined)]
-        for t in report.tasks if t.multilabel is not None]
+    ml_rows = [
+        [
+            t.task_id,
+            str(t.multilabel.n_labels),
+            _with_ci(t.multilabel.mean_kappa, t.multilabel.ci.get("mean_kappa")),
+            _with_ci(t.multilabel.macro_f1, t.multilabel.ci.get("macro_f1")),
+            _with_ci(t.multilabel.micro_f1, t.multilabel.ci.get("micro_f1")),
+            _with_ci(t.multilabel.accuracy, t.multilabel.ci.get("accuracy")),
+            str(t.multilabel.n_kappa_undefined),
+        ]
+        for t in report.tasks
+        if t.multilabel is not None
+    ]
     if ml_rows:
         doc.h(2, "Labels per task (UniMoE metrics)")
-        doc.table(["task", "labels", "mean κ", "macro-F1", "micro-F1", "accuracy", "κ undefined"], ml_rows,
-                  caption=f"Binary targets (criteria and cumulative 'scale>=k' indicators) at threshold "
-                  f"{s.get('threshold')}; undefined κ skipped in the mean.")
+        doc.table(
+            ["task", "labels", "mean κ", "macro-F1", "micro-F1", "accuracy", "κ undefined"],
+            ml_rows,
+            caption=f"Binary targets (criteria and cumulative 'scale>=k' indicators) at threshold "
+            f"{s.get('threshold')}; undefined κ skipped in the mean.",
+        )
 
     # ---- per task ----
     for t in report.tasks:
@@ -317,22 +379,46 @@ def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, re
             notes += _notes("human–human ", sr.human_human.notes)
         doc.bullets(notes)
         if plot_dir is not None and sr.machine.n > 0:
-            png = plot_confusion(sr.machine, plot_dir / f"confusion_{t.task_id}_{sr.scale_id}.png",
-                                 f"{t.task_id} / {sr.scale_id}: human vs {mach} (n={sr.machine.n})", mach)
+            png = plot_confusion(
+                sr.machine,
+                plot_dir / f"confusion_{t.task_id}_{sr.scale_id}.png",
+                f"{t.task_id} / {sr.scale_id}: human vs {mach} (n={sr.machine.n})",
+                mach,
+            )
             rel = png.relative_to(rel_root).as_posix() if rel_root else png.as_posix()
             doc.image(png, rel, f"confusion matrix {t.task_id} {sr.scale_id}")
         if sr.subgroups:
             doc.h(4, "Subgroups")
             doc.table(["group"] + _SCORE_HEADERS, [_score_row(g, sm) for g, sm in sr.subgroups.items()])
-            doc.bullets([f"{g}: {k}: {v}" for g, sm in sr.subgroups.items() for k, v in sm.notes.items()
-                         if not k.startswith("ci_")])
+            doc.bullets(
+                [
+                    f"{g}: {k}: {v}"
+                    for g, sm in sr.subgroups.items()
+                    for k, v in sm.notes.items()
+                    if not k.startswith("ci_")
+                ]
+            )
     if t.labels:
         doc.h(3, "Per label")
-        doc.table(["label", "n", "κ", "accuracy", "F1", "gold rate", "predicted rate"],
-                  [[lm.name, str(lm.n), _f(lm.kappa), _f(lm.accuracy), _f(lm.f1), _f(lm.gold_rate, 3),
-                    _f(lm.pred_rate, 3)] for lm in t.labels])
-        doc.bullets([f"{lm.name}: {k}: {v}" for lm in t.labels for k, v in lm.notes.items()]
-                    + (_notes("", t.multilabel.notes) if t.multilabel else []))
+        doc.table(
+            ["label", "n", "κ", "accuracy", "F1", "gold rate", "predicted rate"],
+            [
+                [
+                    lm.name,
+                    str(lm.n),
+                    _f(lm.kappa),
+                    _f(lm.accuracy),
+                    _f(lm.f1),
+                    _f(lm.gold_rate, 3),
+                    _f(lm.pred_rate, 3),
+                ]
+                for lm in t.labels
+            ],
+        )
+        doc.bullets(
+            [f"{lm.name}: {k}: {v}" for lm in t.labels for k, v in lm.notes.items()]
+            + (_notes("", t.multilabel.notes) if t.multilabel else [])
+        )
 
 
 # --- predictions files ----------------------------------------------------------------------------------
@@ -342,7 +428,9 @@ def _int_score(v: object, path: Path, line: int, column: str) -> int:
     try:
         f = float(v)
     except ValueError:
-        raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column) from None
+        raise InputError(
+            f"score must be an integer, got {v!r}", file=path, line=line, column=column
+        ) from None
     if not math.isfinite(f) or f != int(f):
         raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column)
     return int(f)
@@ -369,11 +457,19 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
 
     def add(p: Predicted, line: int) -> None:
         if tasks is not None and p.task_id not in tasks:
-            raise InputError(f"unknown task '{p.task_id}' (known: {tasks.ids[:20]})", file=path, line=line,
-                             column="task_id")
+            raise InputError(
+                f"unknown task '{p.task_id}' (known: {tasks.ids[:20]})",
+                file=path,
+                line=line,
+                column="task_id",
+            )
         if p.key in seen:
-            raise InputError(f"duplicate prediction (also on line {seen[p.key]})", file=path, line=line,
-                             column="response_id")
+            raise InputError(
+                f"duplicate prediction (also on line {seen[p.key]})",
+                file=path,
+                line=line,
+                column="response_id",
+            )
         seen[p.key] = line
         out.append(p)
 
@@ -384,7 +480,9 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise InputError(f"undecodable bytes (not UTF-8) at byte {e.start}", file=path, line=line) from None
+                    raise InputError(
+                        f"undecodable bytes (not UTF-8) at byte {e.start}", file=path, line=line
+                    ) from None
                 if not text.strip():
                     continue
                 try:
@@ -404,8 +502,15 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
                 if not isinstance(scores_raw, dict):
                     raise InputError("'scores' must be an object", file=path, line=line, column="scores")
                 failed = d.get("status") == "failed"
-                scores = {} if failed else {str(k): _int_score(v, path, line, f"scores.{k}")
-                                            for k, v in scores_raw.items() if v is not None}
+                scores = (
+                    {}
+                    if failed
+                    else {
+                        str(k): _int_score(v, path, line, f"scores.{k}")
+                        for k, v in scores_raw.items()
+                        if v is not None
+                    }
+                )
                 probs_raw = d.get("probs")
                 probs = None
                 if probs_raw:
@@ -414,10 +519,16 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
                     probs = {}
                     for k, v in probs_raw.items():
                         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                            raise InputError(f"probability must be a number in [0, 1], got {v!r}", file=path,
-                                             line=line, column=f"probs.{k}")
+                            raise InputError(
+                                f"probability must be a number in [0, 1], got {v!r}",
+                                file=path,
+                                line=line,
+                                column=f"probs.{k}",
+                            )
                         probs[str(k)] = float(v)
-                add(Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line)
+                add(
+                    Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line
+                )
         return out
     if suffix not in (".csv", ".tsv", ".tab"):
         raise InputError(f"unknown predictions file type '{suffix}' (use .jsonl or .csv/.tsv)", file=path)
@@ -450,8 +561,9 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
 
 
 # --- entry point ----------------------------------------------------------------------------------------
-def write_report(report: Report, out_dir: str | Path, formats: Sequence[str] = FORMATS, plots: bool = True
-                 ) -> dict[str, Path]:
+def write_report(
+    report: Report, out_dir: str | Path, formats: Sequence[str] = FORMATS, plots: bool = True
+) -> dict[str, Path]:
     """Write ``report.json`` / ``report.md`` / ``report.html`` (and ``plots/*.png``) into ``out_dir``.
 
     Returns the written paths by format (``"plots"`` -> the plot folder when plots were drawn). The JSON is
@@ -465,8 +577,10 @@ def write_report(report: Report, out_dir: str | Path, formats: Sequence[str] = F
     written: dict[str, Path] = {}
     if "json" in formats:
         p = out / "report.json"
-        p.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
-                     encoding="utf-8")
+        p.write_text(
+            json.dumps(report.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n",
+            encoding="utf-8",
+        )
         written["json"] = p
     if "md" in formats or "html" in formats:
         plot_dir = out / "plots" if plots else None

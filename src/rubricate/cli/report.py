@@ -7,39 +7,56 @@ is read with the data loaders (``rubricate.data.loaders``), the predictions with
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def report(
     gold: Path = typer.Option(..., "--gold", "-g", help="Gold-labelled data file (see --format)."),
-    format: str = typer.Option("records", "--format", "-f",
-                               help="Gold file format: asap-sas, asap-aes, asap-pp, table (CSV/TSV/JSONL/Parquet "
-                                    "with task_id, response_id, text and one column per label key) or records."),
-    pred: Optional[Path] = typer.Option(None, "--pred", "-p",
-                                        help="Predictions: JSONL {task_id, response_id, scores, probs} or CSV "
-                                             "task_id,response_id,<scale id>... Not used with --human-human."),
+    format: str = typer.Option(
+        "records",
+        "--format",
+        "-f",
+        help="Gold file format: asap-sas, asap-aes, asap-pp, table (CSV/TSV/JSONL/Parquet "
+        "with task_id, response_id, text and one column per label key) or records.",
+    ),
+    pred: Path | None = typer.Option(
+        None,
+        "--pred",
+        "-p",
+        help="Predictions: JSONL {task_id, response_id, scores, probs} or CSV "
+        "task_id,response_id,<scale id>... Not used with --human-human.",
+    ),
     tasks: Path = typer.Option(Path("tasks"), "--tasks", "-t", help="Task folder (or file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for report.json/.md/.html and plots/."),
-    group_column: Optional[str] = typer.Option(None, "--group-column",
-                                               help="Metadata column for a subgroup breakdown (e.g. essay_set)."),
-    human_human: bool = typer.Option(False, "--human-human",
-                                     help="Report rater 2 vs rater 1 (gold records' rater2) as 'the machine'."),
-    allow_missing: bool = typer.Option(False, "--allow-missing",
-                                       help="Leave out gold without prediction / prediction without gold "
-                                            "(counted in the report notes) instead of failing."),
+    group_column: str | None = typer.Option(
+        None, "--group-column", help="Metadata column for a subgroup breakdown (e.g. essay_set)."
+    ),
+    human_human: bool = typer.Option(
+        False, "--human-human", help="Report rater 2 vs rater 1 (gold records' rater2) as 'the machine'."
+    ),
+    allow_missing: bool = typer.Option(
+        False,
+        "--allow-missing",
+        help="Leave out gold without prediction / prediction without gold "
+        "(counted in the report notes) instead of failing.",
+    ),
     n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the CIs (0: no CIs)."),
     ci: float = typer.Option(0.95, "--ci", min=0.5, max=0.999, help="Confidence level of the intervals."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0,
-                                    help="Probability threshold for the binary label metrics."),
-    tolerance: int = typer.Option(1, "--tolerance", min=0, help="Adjacent agreement: |machine - human| <= this."),
+    threshold: float = typer.Option(
+        0.5, "--threshold", min=0.0, max=1.0, help="Probability threshold for the binary label metrics."
+    ),
+    tolerance: int = typer.Option(
+        1, "--tolerance", min=0, help="Adjacent agreement: |machine - human| <= this."
+    ),
     smd_method: str = typer.Option("pooled", "--smd", help="SMD denominator: pooled (RSMTool) or human SD."),
-    constant_prediction: str = typer.Option("zero", "--constant-prediction",
-                                            help="κ for a constant prediction: zero (its exact value) or nan."),
-    title: Optional[str] = typer.Option(None, "--title", help="Report title."),
+    constant_prediction: str = typer.Option(
+        "zero", "--constant-prediction", help="κ for a constant prediction: zero (its exact value) or nan."
+    ),
+    title: str | None = typer.Option(None, "--title", help="Report title."),
     formats: str = typer.Option("json,md,html", "--formats", help="Comma-separated: json, md, html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw confusion-matrix PNGs."),
 ) -> None:
@@ -55,15 +72,19 @@ def report(
 
     console = Console(stderr=True)
     if format not in LOADERS:
-        raise typer.BadParameter(f"unknown format '{format}' (formats: {', '.join(LOADERS)})", param_hint="--format")
+        raise typer.BadParameter(
+            f"unknown format '{format}' (formats: {', '.join(LOADERS)})", param_hint="--format"
+        )
     if smd_method not in ("pooled", "human"):
         raise typer.BadParameter("use 'pooled' or 'human'", param_hint="--smd")
     if constant_prediction not in ("zero", "nan"):
         raise typer.BadParameter("use 'zero' or 'nan'", param_hint="--constant-prediction")
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
     if human_human == (pred is not None):
-        raise typer.BadParameter("give either --pred FILE or --human-human (rater 2 as the scorer), not both/neither",
-                                 param_hint="--pred")
+        raise typer.BadParameter(
+            "give either --pred FILE or --human-human (rater 2 as the scorer), not both/neither",
+            param_hint="--pred",
+        )
     registry = TaskRegistry.from_dir(tasks)
     options: dict = {"registry": registry}
     if format == "table" and group_column:
@@ -79,26 +100,51 @@ def report(
         label, default_title, compare = "rater 2", "Human–human agreement (rater 2 vs rater 1)", False
     else:
         predictions = read_predictions(pred, registry)  # type: ignore[arg-type]
-        label, default_title, compare = (pred.stem if pred else "machine"), "Reliability report", True  # noqa
+        label, default_title, compare = (pred.stem if pred else "machine"), "Reliability report", True
     with console.status("computing metrics"):
-        rep = evaluate(records, predictions, registry, threshold=threshold, tolerance=tolerance,
-                       smd_method=smd_method, constant_prediction=constant_prediction,  # type: ignore[arg-type]
-                       n_boot=n_boot, ci=ci, seed=seed, group_column=group_column,
-                       missing="drop" if allow_missing else "error", compare_rater2=compare,
-                       title=title or default_title, machine_label=label)
-    rep.settings.update(gold=str(gold), gold_format=format, predictions=str(pred) if pred else None,
-                        human_human=human_human, tasks=str(tasks))
+        rep = evaluate(
+            records,
+            predictions,
+            registry,
+            threshold=threshold,
+            tolerance=tolerance,
+            smd_method=smd_method,
+            constant_prediction=constant_prediction,  # type: ignore[arg-type]
+            n_boot=n_boot,
+            ci=ci,
+            seed=seed,
+            group_column=group_column,
+            missing="drop" if allow_missing else "error",
+            compare_rater2=compare,
+            title=title or default_title,
+            machine_label=label,
+        )
+    rep.settings.update(
+        gold=str(gold),
+        gold_format=format,
+        predictions=str(pred) if pred else None,
+        human_human=human_human,
+        tasks=str(tasks),
+    )
     with console.status("writing report"):
         written = write_report(rep, out, formats=fmt_list, plots=plots)
 
     table = Table(title=rep.title)
     for col in ("task / scale", "n", "QWK", "exact", "SMD"):
         table.add_column(col, justify="right" if col != "task / scale" else "left")
-    fmt = lambda x: "n/a" if x != x else f"{x:.4f}"  # noqa: E731  (NaN check)
+
+    def fmt(x: float) -> str:
+        return "n/a" if math.isnan(x) else f"{x:.4f}"
+
     for t in rep.tasks:
         for s in t.scales:
-            table.add_row(f"{t.task_id} / {s.scale_id}", str(s.machine.n), fmt(s.machine.qwk), fmt(s.machine.exact),
-                          fmt(s.machine.smd))
+            table.add_row(
+                f"{t.task_id} / {s.scale_id}",
+                str(s.machine.n),
+                fmt(s.machine.qwk),
+                fmt(s.machine.exact),
+                fmt(s.machine.smd),
+            )
     a = rep.across.machine
     table.add_row("mean / Fisher-z", "", f"{fmt(a.mean)} / {fmt(a.fisher_z)}", "", "")
     Console().print(table)
