@@ -390,10 +390,26 @@ def test_missing_and_extra_predictions() -> None:
     failed = [dict(x) for x in preds]
     failed[0] = {"task_id": "t1", "response_id": "0", "status": "failed", "score": None, "scores": {}}
     assert as_predicted(failed[0]).scores == {}
+    assert as_predicted({"task_id": "t2", "response_id": "1", "score": 2}).scores == {"score": 2}
+    with pytest.raises(InputError, match="no response_id"):
+        as_predicted({"task_id": "t2", "response_id": None, "scores": {}})
     with pytest.raises(InputError, match="has a gold"):
         evaluate(recs, failed, _registry(), n_boot=0)
     rep = evaluate(recs, failed, _registry(), n_boot=0, missing="drop")
     assert rep.task("t1").scales[0].machine.n == 9
+
+
+def test_as_predicted_reads_student_and_agent_objects() -> None:
+    from rubricate.agents.pipeline import AgentResult
+    from rubricate.student.scorer import Prediction
+
+    sp = Prediction("t1", "7", {"score": 2, "E1": 1}, {"E1": 0.9, "score>=1": 0.8}, {}, 0.8)
+    p = as_predicted(sp)
+    assert (p.key, p.scores, p.probs) == (("t1", "7"), {"score": 2, "E1": 1}, {"E1": 0.9, "score>=1": 0.8})
+    ok = AgentResult(task_id="t2", response_id="3", status="ok", score=4, scores={"score": 4})
+    bad = AgentResult(task_id="t2", response_id="4", status="failed", error="timeout")
+    assert as_predicted(ok).scores == {"score": 4} and as_predicted(bad).scores == {}
+    assert as_predicted(bad.model_dump(mode="json")).scores == {}
 
 
 def test_bad_predictions_are_errors() -> None:

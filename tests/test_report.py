@@ -288,3 +288,21 @@ def test_asap_sas_human_human_table_equals_readme(shared_data: Path, repo_root: 
     assert d["machine_label"] == "rater 2" and sum(t["n_matched"] for t in d["tasks"]) == 17043
     md = (out / "report.md").read_text()
     assert "| mean QWK | 0.8807" in md and "| Fisher-z mean QWK | 0.9045" in md
+
+
+def test_cli_report_on_the_test_split_only(tmp_path: Path) -> None:
+    from rubricate.data.splits import apply_split, make_split, save_split
+
+    tdir, _, recs, preds = _setup(tmp_path)
+    split = make_split(recs, fractions=(0.5, 0.25, 0.25))
+    split_file = save_split(split, tmp_path / "split.json")
+    test_keys = {r.key for r in apply_split(recs, split)["test"]}
+    gold = write_records(recs, tmp_path / "gold.jsonl")
+    pred = _jsonl(tmp_path / "p.jsonl", [p for p in preds if (p["task_id"], p["response_id"]) in test_keys])
+    out = tmp_path / "o"
+    args = ["report", "--gold", str(gold), "--pred", str(pred), "--tasks", str(tdir), "--out", str(out)]
+    res = CliRunner().invoke(app, args + ["--split", str(split_file), "--n-boot", "0"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((out / "report.json").read_text())
+    assert sum(t["n_matched"] for t in d["tasks"]) == len(test_keys) and d["settings"]["subset"] == "test"
+    assert all(not t["notes"] for t in d["tasks"])  # nothing was dropped

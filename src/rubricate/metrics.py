@@ -874,15 +874,18 @@ def as_predicted(obj: Any) -> Predicted:
     """Adapt a dict, a student ``Prediction`` or an agent ``AgentResult`` to :class:`Predicted`.
 
     An agent result with ``status == "failed"`` has no scores: it becomes a prediction without scores.
+    A plain ``score`` is read as ``{"score": score}`` only when there is no ``scores`` field at all.
     """
     if isinstance(obj, Predicted):
         return obj
     get = obj.get if isinstance(obj, Mapping) else (lambda k, d=None: getattr(obj, k, d))
-    scores = dict(get("scores") or {})
-    if get("status") == "failed":
-        scores = {}
-    elif not scores and get("score") is not None:
-        scores = {"score": get("score")}
+    for key in ("task_id", "response_id"):
+        if get(key) in (None, ""):
+            raise InputError(f"a prediction has no {key}: {str(obj)[:200]}", column=key)
+    raw = get("scores")
+    if raw is None and get("score") is not None:
+        raw = {"score": get("score")}
+    scores = {} if get("status") == "failed" else dict(raw or {})
     probs = get("probs")
     return Predicted(
         task_id=str(get("task_id")),

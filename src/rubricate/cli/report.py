@@ -31,6 +31,12 @@ def report(
     ),
     tasks: Path = typer.Option(Path("tasks"), "--tasks", "-t", help="Task folder (or file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for report.json/.md/.html and plots/."),
+    split: Path | None = typer.Option(
+        None,
+        "--split",
+        help="Split file (rubricate data split): evaluate only the gold responses of --subset.",
+    ),
+    subset: str = typer.Option("test", "--subset", help="Which split of --split to evaluate."),
     group_column: str | None = typer.Option(
         None, "--group-column", help="Metadata column for a subgroup breakdown (e.g. essay_set)."
     ),
@@ -91,8 +97,14 @@ def report(
         options["group_columns"] = [group_column]
     with console.status(f"reading {gold}"):
         records = load_data(format, gold, **options)
+    if split is not None:
+        from rubricate.data.splits import SPLITS, apply_split
+
+        if subset not in SPLITS:
+            raise typer.BadParameter(f"use one of {', '.join(SPLITS)}", param_hint="--subset")
+        records = apply_split(records, split)[subset]
     if not records:
-        raise InputError("no gold records", file=gold)
+        raise InputError("no gold records" + (f" in the '{subset}' split" if split else ""), file=gold)
     if human_human:
         records, predictions = rater2_as_predictions(records)
         if not records:
@@ -124,6 +136,8 @@ def report(
         gold_format=format,
         predictions=str(pred) if pred else None,
         human_human=human_human,
+        split=str(split) if split else None,
+        subset=subset if split else None,
         tasks=str(tasks),
     )
     with console.status("writing report"):
