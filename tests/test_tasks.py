@@ -214,3 +214,13 @@ def test_cli_tasks_validate_and_show(tmp_path: Path) -> None:
     res = runner.invoke(app, ["tasks", "show", "asap-sas-5", "--tasks", str(REPO / "tasks")])
     assert res.exit_code == 0, res.output
     assert "score>=3" in res.output and "count_map" in res.output
+
+
+def test_docs_example_task_validates() -> None:
+    import re
+
+    text = (REPO / "docs" / "task-files.md").read_text(encoding="utf-8")
+    example = re.findall(r"```yaml\n(.*?)```", text, re.S)[0]
+    task = task_from_dict(yaml.safe_load(example), "docs/task-files.md")
+    assert task.label_keys == ["E1", "E2", "score"]
+    assert task.apply_rules({"same_substance_claim": True, "matching_properties": ["density", "bp"]}) == {"score": 2}

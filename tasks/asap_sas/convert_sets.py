@@ -187,10 +187,6 @@ def convert(n: int, shared: Path) -> dict[str, Any]:
     return task
 
 
-class _Literal(str):
-    pass
-
-
 def _dump(data: Any) -> str:
     def lit(dumper: yaml.Dumper, s: str) -> yaml.Node:
         style = "|" if "\n" in s else None

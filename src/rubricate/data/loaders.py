@@ -326,9 +326,7 @@ def load_table(
 
     builder = _Builder(path, registry, task_column if task_id is None else None)
     needed = [id_column, text_column] + ([task_column] if task_id is None else []) + group_columns
-    explicit_labels = dict(label_columns) if label_columns else None
-    if explicit_labels is None and registry is None and task_id is None:
-        pass  # unlabelled data (e.g. for prediction) is allowed
+    explicit_labels = dict(label_columns) if label_columns else None  # None: columns named like label keys
     if header is not None:
         _require_columns(path, header, {}, needed + list((explicit_labels or {}).values())
                          + list((rater2_columns or {}).values()), 1)
@@ -435,7 +433,7 @@ def load_asap_sas(
 
 def _check_range(path: Path, line: int, values: Mapping[str, int], column: str, lo: int, hi: int) -> None:
     """A dataset-level sanity range, checked even without a task registry."""
-    for k, v in values.items():
+    for v in values.values():
         if not lo <= v <= hi:
             raise InputError(f"score {v} outside the dataset's range {lo}-{hi}", file=path, line=line, column=column)
 
