@@ -94,3 +94,26 @@ def fake_agent_runner(score_offset: int = 1):
         return out
 
     return run
+
+
+def make_tiny_checkpoint(root, steps: int = 2):
+    """A real student checkpoint over the two test tasks: tiny random BERT, trained for a few steps."""
+    from pathlib import Path
+
+    from rubricate.data.records import Record
+    from rubricate.student.tiny import make_tiny_encoder
+    from rubricate.student.trainer import TrainingArguments, train
+
+    root = Path(root)
+    enc = make_tiny_encoder(root / "encoder")
+    reg = registry()
+    recs = []
+    for i in range(12):
+        recs.append(Record(f"s{i}", "sci-1", f"gas a and d have the same density {i}",
+                           {"E1": i % 2, "E2": (i // 2) % 2, "score": i % 2 + (i // 2) % 2}))
+        recs.append(Record(f"r{i}", "read-2", f"the main idea is energy and water {i}", {"score": i % 4}))
+    args = TrainingArguments(method="unimoe", encoder=str(enc), output_dir=str(root / "student"), max_steps=steps,
+                             batch_size=8,
+                             epochs=1, max_length=64, n_experts=2, n_moe_layers=2, gate_hidden=16, task_emb_dim=8,
+                             head_hidden=16, progress=False, num_threads=1)
+    return Path(train(args, registry=reg, train_records=recs).checkpoint_dir)

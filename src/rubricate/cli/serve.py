@@ -1,7 +1,181 @@
-"""CLI verbs of this area (placeholder until the area lands)."""
+"""Deployment verbs: ``export``, ``predict``, ``serve``, ``db upgrade|current``, ``reviews export``.
+
+Heavy imports (torch, onnxruntime, fastapi, uvicorn) stay inside the functions so ``rubricate --help``
+is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+
+db_app = typer.Typer(help="Server database: migrations.", no_args_is_help=True)
+reviews_app = typer.Typer(help="Human review decisions.", no_args_is_help=True)
+
+DB_HELP = "SQLAlchemy URL (default: $RUBRICATE_DATABASE_URL or sqlite:///rubricate.db)."
+
+
+def _db_url(url: str | None) -> str:
+    import os
+
+    return url or os.environ.get("RUBRICATE_DATABASE_URL") or "sqlite:///rubricate.db"
+
+
+def export(
+    model: Path = typer.Argument(..., help="Student checkpoint directory."),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write an ONNX graph (the only export format)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write a dynamic int8 quantized graph."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    per_channel: bool = typer.Option(False, help="int8: per-channel weight scales."),
+    tol_fp32: float = typer.Option(1e-4, help="Parity tolerance: max |dprob| vs torch for fp32."),
+    tol_int8: float = typer.Option(0.03, help="Parity tolerance: max |dprob| vs torch for int8."),
+) -> None:
+    """Export the whole student (encoder, MoE, heads; task id as an input) next to the checkpoint."""
+    from rich.console import Console
+
+    from rubricate.student.export import ParityError, export_checkpoint
+
+    if not onnx:
+        raise typer.BadParameter("nothing to do: --onnx is the only export format")
+    console = Console()
+    try:
+        rep = export_checkpoint(model, int8=int8, opset=opset, per_channel=per_channel, tolerance_fp32=tol_fp32,
+                                tolerance_int8=tol_int8)
+    except ParityError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1)
+    console.print(f"wrote {rep.onnx_path} ({rep.size_mb['model.onnx']:.1f} MB)")
+    console.print(f"parity fp32: max |dprob| = {rep.max_abs_dprob_fp32:.2e} (tolerance {rep.tolerance_fp32:.0e}) "
+                  f"over {rep.n_parity_inputs} inputs")
+    if rep.int8_path:
+        console.print(f"wrote {rep.int8_path} ({rep.size_mb['model.int8.onnx']:.1f} MB)")
+        console.print(f"parity int8: max |dprob| = {rep.max_abs_dprob_int8:.4f} (tolerance {rep.tolerance_int8})")
+    console.print("[green]parity check passed[/green]")
+
+
+def predict(
+    model: Path = typer.Option(..., "--model", help="Student checkpoint directory."),
+    input: Path = typer.Option(..., "--input", help="CSV, JSONL or Parquet with task_id, text, response_id."),
+    output: Path = typer.Option(..., "--output", help="CSV, JSONL or Parquet (format from the extension)."),
+    backend: str = typer.Option("auto", help="auto (ONNX when exported) | torch | onnx."),
+    int8: bool = typer.Option(False, "--int8", help="Use the int8 model (ONNX int8 file, or torch dynamic int8)."),
+    chunk_size: int = typer.Option(1000, help="Rows read, scored and committed together."),
+    batch_size: int = typer.Option(64, help="Rows per forward pass."),
+    review_confidence: float = typer.Option(0.6, help="needs_review = confidence below this."),
+    task: Optional[str] = typer.Option(None, help="Score every row for this task (no task column needed)."),
+    task_column: str = typer.Option("task_id"),
+    text_column: str = typer.Option("text"),
+    id_column: str = typer.Option("response_id"),
+    input_format: Optional[str] = typer.Option(None, help="csv | jsonl | parquet (default: from the extension)."),
+    output_format: Optional[str] = typer.Option(None, help="csv | jsonl | parquet (default: from the extension)."),
+    overwrite: bool = typer.Option(False, help="Start again instead of resuming a partial output."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the model (default: all cores)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Batch-score a file: streamed, resumable, problem rows reported with their line numbers."""
+    from rich.console import Console
+
+    from rubricate.serve.predict import PredictOptions, predict_file
+    from rubricate.student.scorer import Scorer
+
+    console = Console(stderr=True)
+    scorer = Scorer.from_pretrained(model, backend=backend, quantize=int8, num_threads=threads)  # type: ignore[arg-type]
+    _set_threads(scorer, threads)
+    opts = PredictOptions(chunk_size=chunk_size, batch_size=batch_size, review_confidence=review_confidence,
+                          task_column=task_column, text_column=text_column, id_column=id_column, task=task,
+                          input_format=input_format, output_format=output_format, overwrite=overwrite,
+                          progress=progress)
+    s = predict_file(scorer, input, output, opts)
+    if s.resumed_from_rows:
+        console.print(f"resumed after {s.resumed_from_rows} input rows")
+    console.print(f"backend {scorer.backend}{' int8' if int8 else ''}: scored {s.scored} responses -> {output} "
+                  f"({s.responses_per_s:.1f} responses/s this run)")
+    if s.problems:
+        console.print(f"[yellow]{s.problems} row(s) with problems were not scored; see {s.errors}[/yellow]")
+        for p in s.problem_examples:
+            console.print(f"  line {p['line']}: {p['field']}: {p['error']}")
+
+
+def _set_threads(scorer, threads: int | None) -> None:
+    """ONNX Runtime sessions are created with all cores; rebuild with ``threads`` when asked."""
+    if threads and getattr(scorer, "engine", None) is not None:
+        from rubricate.student.export import OnnxEngine
+
+        scorer.engine = OnnxEngine(scorer.engine.path, intra_op_threads=threads)
+
+
+def serve(
+    model: Optional[Path] = typer.Option(None, "--model", help="Student checkpoint to serve."),
+    tasks: Optional[Path] = typer.Option(None, "--tasks", help="Task files (default: those in the checkpoint)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+    host: Optional[str] = typer.Option(None, help="Bind address; anything but loopback needs API tokens."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON server settings (see ServeSettings)."),
+    backend: Optional[str] = typer.Option(None, help="Student backend: auto | torch | onnx."),
+    int8: Optional[bool] = typer.Option(None, "--int8/--fp32", help="Serve the int8 model."),
+    agents_backend: Optional[str] = typer.Option(None, help="LLM path: local[:smollm2|gemma3|file.gguf] or "
+                                                           "openai:MODEL@BASE_URL."),
+    review_confidence: Optional[float] = typer.Option(None, help="Review queue threshold on confidence."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    log_level: str = typer.Option("warning", help="uvicorn log level."),
+) -> None:
+    """Run the API server and web page (OpenAPI docs at /docs). Tokens: RUBRICATE_API_TOKENS or config."""
+    import uvicorn
+
+    from rubricate.serve.app import create_app, load_scorer
+    from rubricate.serve.settings import load_settings
+
+    settings = load_settings(config, model_dir=model, tasks_dir=tasks, database_url=db, host=host, port=port,
+                             backend=backend, quantize=int8, agents_backend=agents_backend,
+                             review_confidence=review_confidence)
+    settings.check_binding()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    scorer = load_scorer(settings)
+    if scorer is not None:
+        _set_threads(scorer, threads)
+    app = create_app(settings, scorer=scorer)
+    mode = "bearer tokens" if settings.tokens else "local-only (no tokens; bound to loopback)"
+    typer.echo(f"rubricate serving on http://{settings.host}:{settings.port} ({mode}); database "
+               f"{settings.database_url.split('@')[-1]}", err=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
+               revision: str = typer.Option("head", help="Target revision.")) -> None:
+    """Apply the database migrations (the server also does this at start-up)."""
+    from rubricate.serve.db import upgrade
+
+    typer.echo(f"database at revision {upgrade(_db_url(db), revision)}")
+
+
+@db_app.command("current")
+def db_current(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Print the database's revision and the latest one shipped."""
+    from rubricate.serve.db import current_revision, head_revision
+
+    typer.echo(f"current: {current_revision(_db_url(db))}  latest: {head_revision()}")
+
+
+@reviews_app.command("export")
+def reviews_export(output: Path = typer.Option(..., "--output", "-o", help="Records JSONL to write."),
+                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Write the human review decisions as labeled records (loader format) for retraining or add-task."""
+    from rubricate.serve.service import export_reviews
+
+    path, n = export_reviews(_db_url(db), output)
+    typer.echo(f"wrote {n} reviewed responses to {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("export")(export)
+    app.command("predict")(predict)
+    app.command("serve")(serve)
+    app.add_typer(db_app, name="db")
+    app.add_typer(reviews_app, name="reviews")
