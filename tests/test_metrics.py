@@ -327,6 +327,12 @@ def test_evaluate_end_to_end_numbers() -> None:
     )
     for k in SCORE_METRICS:
         assert sc.degradation[k] == pytest.approx(sc.machine_double_scored.get(k) - sc.human_human.get(k))
+    # paired bootstrap interval of the degradation contains it
+    for k in SCORE_METRICS:
+        assert sc.degradation_ci[k].contains(sc.degradation[k]), k
+    deg = rep.across.degradation
+    assert deg["mean"] == pytest.approx(sc.machine_double_scored.qwk - sc.human_human.qwk)
+    assert rep.across.degradation_ci["mean"].contains(deg["mean"])
     # t2 has no second rater
     assert rep.task("t2").scales[0].human_human is None
     # across tasks

@@ -306,3 +306,17 @@ def test_cli_report_on_the_test_split_only(tmp_path: Path) -> None:
     d = json.loads((out / "report.json").read_text())
     assert sum(t["n_matched"] for t in d["tasks"]) == len(test_keys) and d["settings"]["subset"] == "test"
     assert all(not t["notes"] for t in d["tasks"])  # nothing was dropped
+
+
+def test_double_scored_column_when_only_some_responses_have_rater2(tmp_path: Path) -> None:
+    tdir, _, recs, preds = _setup(tmp_path, 30)
+    for r in recs[::4]:
+        r.rater2 = None
+    rep = evaluate(recs, preds, TaskRegistry.from_dir(tdir), n_boot=20)
+    sc = rep.task("t1").scales[0]
+    assert sc.human_human.n == sc.machine_double_scored.n < sc.machine.n
+    md = write_report(rep, tmp_path / "o", formats=["md"], plots=False)["md"].read_text()
+    assert (
+        "| metric | student–human | student–human (double-scored) | human–human | degradation |"
+        in md.replace("machine", "student")
+    )

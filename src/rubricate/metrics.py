@@ -47,7 +47,8 @@ Across tasks (over every (task, scale) pair):
 Second rater (when records carry ``rater2``): **human–human** metrics are the same score metrics with rater 2
 in the machine's seat (``h`` = rater 1). The machine's **degradation** is, per metric, *machine–human minus
 human–human*, both computed on the double-scored responses only (as RSMTool does), so that they describe
-the same responses. For agreement metrics (QWK, exact, adjacent, r, ρ) a negative degradation means the
+the same responses; its interval is a *paired* bootstrap (both comparisons on the same resamples). For
+agreement metrics (QWK, exact, adjacent, r, ρ) a negative degradation means the
 machine agrees less than two humans; for MAE / RMSE a positive one means it errs more; for SMD compare
 the absolute values.
 
@@ -212,6 +213,7 @@ class ScaleReport:
     human_human: ScoreMetrics | None = None
     machine_double_scored: ScoreMetrics | None = None  # machine vs rater 1 on the double-scored responses
     degradation: dict[str, float] | None = None  # machine - human-human, per metric
+    degradation_ci: dict[str, Interval] = field(default_factory=dict)  # paired bootstrap (same resamples)
     subgroups: dict[str, ScoreMetrics] = field(default_factory=dict)
 
 
@@ -244,7 +246,8 @@ class AggregateQWK:
 class AcrossTasks:
     machine: AggregateQWK
     human_human: AggregateQWK | None = None
-    degradation: dict[str, float] | None = None  # machine (double-scored) - human-human, mean and fisher_z
+    degradation: dict[str, float] | None = None  # machine (double-scored) - human-human, per aggregate
+    degradation_ci: dict[str, Interval] = field(default_factory=dict)  # paired bootstrap
     multilabel_mean: dict[str, float] = field(default_factory=dict)  # mean over tasks of the UniMoE four
     score_means: dict[str, float] = field(default_factory=dict)  # mean over (task, scale) of each metric
 
@@ -933,15 +936,25 @@ def _aggregate(
         n_undefined=n_undef,
         entries=entries,
     )
-    if reps and len(reps) == len(entries):
-        mat = np.stack([reps[(e["task_id"], e["scale_id"])] for e in entries], axis=1)  # (B, E)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            agg.ci = {
-                "mean": percentile_interval(np.nanmean(mat, axis=1), ci),
-                "fisher_z": percentile_interval(fisher_z_mean(mat, axis=1), ci),
-            }
+    agg.ci = {k: percentile_interval(v, ci) for k, v in _aggregate_replicates(entries, reps).items()}
     return agg
+
+
+def _aggregate_replicates(
+    entries: list[dict[str, Any]], reps: dict[tuple[str, str], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of the across-task mean and Fisher-z mean (empty when an entry has none)."""
+    if not reps or len(reps) != len(entries):
+        return {}
+    mat = np.stack([reps[(e["task_id"], e["scale_id"])] for e in entries], axis=1)  # (B, E)
+    ns = np.array([e["n"] for e in entries], dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {
+            "mean": np.nanmean(mat, axis=1),
+            "fisher_z": fisher_z_mean(mat, axis=1),
+            "fisher_z_weighted": fisher_z_mean(mat, ns, axis=1),
+        }
 
 
 def evaluate(
@@ -1168,6 +1181,9 @@ def evaluate(
                 )
                 if reps_hh:
                     boot_hh[key], boot_md[key] = reps_hh["qwk"], reps_md["qwk"]
+                    sr.degradation_ci = {
+                        k: percentile_interval(reps_md[k] - reps_hh[k], ci) for k in SCORE_METRICS
+                    }
             if group_column is not None:
                 groups: dict[str, list[int]] = {}
                 for i, (r, _) in enumerate(both):
@@ -1199,9 +1215,11 @@ def evaluate(
         across.human_human = _aggregate(entries_hh, boot_hh, ci)
         md_agg = _aggregate(entries_md, boot_md, ci)
         across.degradation = {
-            "mean": md_agg.mean - across.human_human.mean,
-            "fisher_z": md_agg.fisher_z - across.human_human.fisher_z,
+            k: getattr(md_agg, k) - getattr(across.human_human, k)
+            for k in ("mean", "fisher_z", "fisher_z_weighted")
         }
+        r_md, r_hh = _aggregate_replicates(entries_md, boot_md), _aggregate_replicates(entries_hh, boot_hh)
+        across.degradation_ci = {k: percentile_interval(r_md[k] - r_hh[k], ci) for k in r_md}
     mls = [t.multilabel for t in task_reports if t.multilabel is not None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -220,7 +220,9 @@ def plot_confusion(sm: ScoreMetrics, path: Path, title: str, machine_label: str 
 
 
 # --- building the document ------------------------------------------------------------------------------
-def _agg_rows(m: AggregateQWK, hh: AggregateQWK | None, deg: dict[str, float] | None) -> list[list[str]]:
+def _agg_rows(
+    m: AggregateQWK, hh: AggregateQWK | None, deg: dict[str, float] | None, deg_ci: dict[str, Interval]
+) -> list[list[str]]:
     rows = []
     for key, label in (
         ("mean", "mean QWK"),
@@ -229,7 +231,10 @@ def _agg_rows(m: AggregateQWK, hh: AggregateQWK | None, deg: dict[str, float] | 
     ):
         row = [label, _with_ci(getattr(m, key), m.ci.get(key))]
         if hh is not None:
-            row += [_with_ci(getattr(hh, key), hh.ci.get(key)), _f((deg or {}).get(key), 4)]
+            row += [
+                _with_ci(getattr(hh, key), hh.ci.get(key)),
+                _with_ci((deg or {}).get(key, math.nan), deg_ci.get(key)),
+            ]
         rows.append(row)
     return rows
 
@@ -275,7 +280,7 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
         headers += ["human–human", "degradation"]
     doc.table(
         headers,
-        _agg_rows(a.machine, a.human_human, a.degradation),
+        _agg_rows(a.machine, a.human_human, a.degradation, a.degradation_ci),
         caption="Over every (task, scale). Fisher-z mean: tanh(mean(atanh(clip(κ, ±0.999)))), Kaggle's "
         "ASAP average. Degradation: machine–human minus human–human on the double-scored responses.",
     )
@@ -303,7 +308,7 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
                 hh = sr.human_human
                 row += [
                     _with_ci(hh.qwk, hh.ci.get("qwk")) if hh else "",
-                    _f((sr.degradation or {}).get("qwk")),
+                    _with_ci((sr.degradation or {}).get("qwk", math.nan), sr.degradation_ci.get("qwk")),
                 ]
             rows.append(row)
     headers = ["task / scale"] + _SCORE_HEADERS
@@ -356,14 +361,25 @@ def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, re
     for sr in t.scales:
         doc.h(3, f"Scale '{sr.scale_id}' ({sr.machine.scale_min}–{sr.machine.scale_max})")
         headers = ["metric", f"{mach}–human"]
-        cols: list[tuple[ScoreMetrics | None, bool]] = [(sr.machine, True)]
+        cols: list[ScoreMetrics | None] = [sr.machine]
         if sr.human_human is not None:
-            headers += [f"{mach}–human (double-scored)", "human–human", "degradation"]
-            cols += [(sr.machine_double_scored, True), (sr.human_human, True)]
+            # the double-scored column only when it differs from the full one (some responses single-scored)
+            if sr.machine_double_scored is not None and sr.machine_double_scored.n != sr.machine.n:
+                headers.append(f"{mach}–human (double-scored)")
+                cols.append(sr.machine_double_scored)
+            headers += ["human–human", "degradation"]
+            cols.append(sr.human_human)
+        other = f"{mach} / rater 2" if sr.human_human is not None else mach
+        names = {
+            "mean_human": "mean rater 1",
+            "mean_machine": f"mean {other}",
+            "sd_human": "SD rater 1",
+            "sd_machine": f"SD {other}",
+        }
         rows = []
         for k in ("n",) + SCORE_METRICS + ("mean_human", "mean_machine", "sd_human", "sd_machine"):
-            row = [_METRIC_NAMES.get(k, k.replace("_", " "))]
-            for sm, _ in cols:
+            row = [_METRIC_NAMES.get(k) or names.get(k, k)]
+            for sm in cols:
                 if sm is None:
                     row.append("")
                 elif k == "n":
@@ -371,7 +387,8 @@ def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, re
                 else:
                     row.append(_with_ci(getattr(sm, k), sm.ci.get(k)))
             if sr.human_human is not None:
-                row.append(_f((sr.degradation or {}).get(k)) if k in SCORE_METRICS else "")
+                deg = (sr.degradation or {}).get(k, math.nan)
+                row.append(_with_ci(deg, sr.degradation_ci.get(k)) if k in SCORE_METRICS else "")
             rows.append(row)
         doc.table(headers, rows)
         notes = _notes(f"{mach}–human ", sr.machine.notes)
