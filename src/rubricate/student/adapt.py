@@ -257,7 +257,7 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
     train_set = encode_records(list(train_records) + rehearsal, tok, all_ids, encodings, max_len)
     if args.lambda_kd > 0 and args.teacher_file:
         attach_teacher(train_set, args.teacher_file, {t: encodings[t] for t in all_ids},
-                       "allow_missing" if rehearsal else args.teacher_policy, args.teacher_eps)
+                       "allow_missing" if rehearsal else args.teacher_policy, args.teacher_eps, registry)
     val_set = encode_records(val_records, tok, all_ids, encodings, max_len)
     if args.cache_encoder:
         cache_hidden(model, train_set, pad_id, args.eval_batch_size)

@@ -274,9 +274,15 @@ def encode_records(records: Sequence[Record], tokenizer: Any, task_ids: Sequence
 
 
 def attach_teacher(data: EncodedSet, teacher_file: str | Path, encodings: dict[str, LabelEncoding],
-                   policy: AlignPolicy, eps: float) -> int:
-    """Join a teacher file to ``data`` by (task_id, response_id); returns the number of rows covered."""
+                   policy: AlignPolicy, eps: float, registry: TaskRegistry | None = None) -> int:
+    """Join a teacher file to ``data`` by (task_id, response_id); returns the number of rows covered.
+
+    Rows are validated against the label encodings of ``registry`` (all its tasks; rows of tasks not being
+    trained are then 'extra' rows under ``policy``) or, without a registry, of ``encodings``.
+    """
     names = {t: e.names for t, e in encodings.items()}
+    if registry is not None:
+        names = {t.id: LabelEncoding.from_task(t).names for t in registry} | names
     rows = read_teacher_file(teacher_file, label_names=names)
     aligned = align_teacher(rows, data.keys, policy=policy, source=teacher_file)
     L = data.targets.shape[1]
@@ -592,7 +598,8 @@ def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: l
     train_set = encode_records(train_records, tokenizer, tids, encodings, args.max_length)
     covered = None
     if args.use_kd:
-        covered = attach_teacher(train_set, args.teacher_file, encodings, args.teacher_policy, args.teacher_eps)
+        covered = attach_teacher(train_set, args.teacher_file, encodings, args.teacher_policy, args.teacher_eps,
+                                 registry)
     val_set = encode_records(val_records, tokenizer, tids, encodings, args.max_length) if val_records else None
 
     def forward(data: EncodedSet, rows: np.ndarray):

@@ -1,0 +1,141 @@
+"""The student model and its losses, on a tiny random encoder (hand-computed expectations)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rubricate.student.modeling import MoEBlock, StudentConfig, StudentModel, TaskAwareGate
+from rubricate.student.tiny import make_tiny_encoder, make_tiny_tokenizer
+from rubricate.student.trainer import bce_loss, distillation_loss, load_balancing_loss
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory) -> str:
+    return str(make_tiny_encoder(tmp_path_factory.mktemp("enc")))
+
+
+def _batch(encoder_dir: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(encoder_dir)
+    enc = tok(["acid rain is bad", "the cell makes energy and more", "water"], padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@pytest.mark.parametrize("placement", ["token", "pooled"])
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_shapes_and_gate_sums_to_one(encoder_dir: str, placement: str, pooling: str) -> None:
+    cfg = StudentConfig(task_ids=["a", "b"], n_labels=[3, 2], encoder=encoder_dir, moe_placement=placement,
+                        pooling=pooling, n_experts=5, n_moe_layers=2)
+    model = StudentModel.from_encoder(cfg).eval()
+    ids, mask = _batch(encoder_dir)
+    out = model(ids, mask, torch.tensor([0, 1, 1]))
+    assert out.logits.shape == (3, 3)
+    assert out.label_mask.tolist() == [[True, True, True], [True, True, False], [True, True, False]]
+    assert out.gate_weights.shape == (3, 2, 5)
+    assert torch.allclose(out.gate_weights.sum(-1), torch.ones(3, 2), atol=1e-6)
+    assert (out.gate_weights >= 0).all()
+    assert out.pooled.shape == (3, 32)
+    logits, gates = model.forward_padded(ids, mask, torch.tensor([0, 1, 1]))
+    assert torch.equal(logits, out.logits) and torch.equal(gates, out.gate_weights)
+
+
+def test_mtl_has_no_gate_and_padded_forward_keeps_signature(encoder_dir: str) -> None:
+    cfg = StudentConfig(task_ids=["a"], n_labels=[2], encoder=encoder_dir, use_moe=False)
+    model = StudentModel.from_encoder(cfg).eval()
+    ids, mask = _batch(encoder_dir)
+    out = model(ids, mask, torch.zeros(3, dtype=torch.long))
+    assert out.gate_weights is None and model.count_parameters()["moe"] == 0
+    _, gates = model.forward_padded(ids, mask, torch.zeros(3, dtype=torch.long))
+    assert gates.shape == (3, 0, 0)
+
+
+def test_each_row_gets_its_own_task_head(encoder_dir: str) -> None:
+    cfg = StudentConfig(task_ids=["a", "b"], n_labels=[3, 2], encoder=encoder_dir)
+    model = StudentModel.from_encoder(cfg).eval()
+    ids, mask = _batch(encoder_dir)
+    mixed = model(ids, mask, torch.tensor([0, 1, 0])).logits
+    only_a = model(ids, mask, torch.tensor([0, 0, 0])).logits
+    only_b = model(ids, mask, torch.tensor([1, 1, 1])).logits
+    # the gate depends on the task too, so compare the rows whose task matches
+    assert torch.allclose(mixed[0], only_a[0], atol=1e-6) and torch.allclose(mixed[2], only_a[2], atol=1e-6)
+    assert torch.allclose(mixed[1, :2], only_b[1, :2], atol=1e-6)
+    assert (mixed[1, 2:] == 0).all()  # padding of the shorter task
+
+
+def test_gate_is_task_aware() -> None:
+    torch.manual_seed(0)
+    gate = TaskAwareGate(hidden=8, task_emb_dim=4, gate_hidden=16, n_experts=3)
+    x = torch.randn(1, 8)
+    a1 = gate(x, torch.randn(1, 4))
+    a2 = gate(x, torch.randn(1, 4))
+    assert not torch.allclose(a1, a2)
+
+
+def test_moe_block_is_residual_layernorm_of_weighted_experts() -> None:
+    torch.manual_seed(0)
+    block = MoEBlock(hidden=8, inner=6, n_experts=3, task_emb_dim=4, gate_hidden=5, dropout=0.0).eval()
+    x, temb = torch.randn(2, 8), torch.randn(2, 4)
+    y, alpha = block(x, temb)
+    mixed = sum(alpha[:, j: j + 1] * block.experts[j](x) for j in range(3))
+    assert torch.allclose(y, block.norm(x + mixed), atol=1e-6)
+    # token placement: one gate per response, shared by every token
+    xt = torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    yt, at = block(xt, temb, mask)
+    summary = torch.stack([xt[0, :3].mean(0), xt[1].mean(0)])
+    assert torch.allclose(at, block.gate(summary, temb), atol=1e-6)
+    assert yt.shape == (2, 5, 8)
+
+
+def test_bce_loss_matches_hand_computation_and_masks() -> None:
+    logits = torch.tensor([[0.0, 2.0, 5.0], [-1.0, 1.0, 0.0]])
+    targets = torch.tensor([[1.0, 0.0, float("nan")], [0.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+
+    def bce(z: float, y: float) -> float:
+        p = 1 / (1 + math.exp(-z))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    expected = (bce(0, 1) + bce(2, 0) + bce(-1, 0) + bce(1, 1)) / 4
+    assert bce_loss(logits, targets, mask).item() == pytest.approx(expected, rel=1e-6)
+    assert bce_loss(logits, torch.full_like(targets, float("nan"))).item() == 0.0
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 4.0])
+def test_distillation_loss_with_temperature(tau: float) -> None:
+    z = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    zt = torch.tensor([[1.5, float("nan")], [-2.0, 3.0]])
+    expected = 0.0
+    n = 0
+    for (a, b) in [(0.5, 1.5), (2.0, -2.0), (0.0, 3.0)]:
+        q = 1 / (1 + math.exp(-b / tau))
+        p = 1 / (1 + math.exp(-a / tau))
+        expected += -(q * math.log(p) + (1 - q) * math.log(1 - p))
+        n += 1
+    expected = expected / n * tau ** 2
+    assert distillation_loss(z, zt, tau).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_distillation_gradient_vanishes_at_the_teacher() -> None:
+    zt = torch.tensor([[0.3, -2.0]])
+    z = zt.clone().requires_grad_(True)
+    distillation_loss(z, zt, 3.0).backward()
+    assert torch.allclose(z.grad, torch.zeros_like(z), atol=1e-7)
+
+
+def test_load_balancing_loss_matches_hand_computation() -> None:
+    g = torch.tensor([[[0.7, 0.2, 0.1]], [[0.1, 0.2, 0.7]], [[0.4, 0.5, 0.1]]])  # (B=3, n_moe=1, M=3)
+    abar = [0.4, 0.3, 0.3]
+    expected = sum((a - 1 / 3) ** 2 for a in abar) / 3
+    assert load_balancing_loss(g).item() == pytest.approx(expected, rel=1e-6)
+    uniform = torch.full((4, 2, 3), 1 / 3)
+    assert load_balancing_loss(uniform).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_tiny_tokenizer_covers_any_word(tmp_path) -> None:
+    tok = make_tiny_tokenizer(tmp_path)
+    assert tok.unk_token not in tok.tokenize("Photosynthesis 42 xyz!")

@@ -1,0 +1,182 @@
+"""Training, checkpoints, teachers and add-task on tiny random models (fast, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rubricate.data.teacher_file import TeacherRow, read_teacher_file, write_teacher_file
+from rubricate.errors import InputError, UnknownTaskError
+from rubricate.student.adapt import AdaptArguments, add_task
+from rubricate.student.scorer import Scorer
+from rubricate.student.teachers import (
+    LLMTeacherArguments,
+    cross_fit_specialists,
+    import_teacher,
+    kfold_indices,
+    train_llm_teacher,
+)
+from rubricate.student.tiny import make_tiny_causal_lm, make_tiny_encoder, tiny_records, tiny_tasks
+from rubricate.student.trainer import TrainingArguments, load_checkpoint, train
+from rubricate.labels import LabelEncoding
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("student")
+    enc = make_tiny_encoder(root / "enc")
+    reg = tiny_tasks()
+    tr = tiny_records("tiny-ord", 120) + tiny_records("tiny-crit", 120)
+    va = tiny_records("tiny-ord", 40, seed=1, prefix="v") + tiny_records("tiny-crit", 40, seed=1, prefix="v")
+    teacher = cross_fit_specialists(reg, tr, root / "teacher.jsonl", folds=3, options={"min_df": 1},
+                                    progress=False)
+    args = TrainingArguments(encoder=str(enc), method="unimoe_guided", teacher_file=str(teacher),
+                             output_dir=str(root / "ck"), epochs=8, batch_size=16, early_stopping_patience=8, lr_encoder=1e-3,
+                             lr_new=3e-3, progress=False, seed=7)
+    res = train(args, registry=reg, train_records=tr, val_records=va)
+    return {"root": root, "enc": enc, "reg": reg, "tr": tr, "va": va, "teacher": teacher, "res": res, "args": args}
+
+
+def test_training_learns_and_writes_a_self_contained_checkpoint(setup) -> None:
+    res = setup["res"]
+    ck = Path(res.checkpoint_dir)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in ck.iterdir()}
+    doc = json.loads((ck / "config.json").read_text())
+    assert [t["id"] for t in doc["tasks"]] == ["tiny-ord", "tiny-crit"]
+    assert doc["label_encodings"]["tiny-ord"]["specs"][1]["name"] == "score>=2"
+    assert doc["recipe"]["method"] == "unimoe_guided" and doc["recipe"]["lambda_kd"] == 1.0
+    assert doc["metrics"]["teacher_rows"] == len(setup["tr"])
+    assert res.metrics["val"]["mean_agreement"] > 0.5  # the words decide the labels: learnable
+    assert len(res.history) >= 1 and "kd" in res.history[-1] and "lb" in res.history[-1]
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(setup) -> None:
+    ck = setup["res"].checkpoint_dir
+    model, tok, reg, encs, _ = load_checkpoint(ck)
+    s1, s2 = Scorer.from_pretrained(ck, backend="torch"), Scorer.from_pretrained(ck, backend="torch")
+    texts = ["acid rain and the", "cell energy more", "the plant"]
+    tids = ["tiny-ord", "tiny-crit", "tiny-ord"]
+    a, b = s1.predict(tids, texts, response_ids=["1", "2", "3"]), s2.predict(tids, texts)
+    assert [p.probs for p in a] == [p.probs for p in b]
+    assert a[0].response_id == "1" and set(a[1].scores) == {"E1", "E2"}
+    assert len(a[0].gate_weights) == 2 and abs(sum(a[0].gate_weights[0]) - 1) < 1e-5
+    assert sum(a[0].score_distribution["score"]) == pytest.approx(1.0)
+    assert 0.0 <= a[0].confidence <= 1.0
+    # the scorer's probabilities equal the model's own forward pass
+    ids = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        z = model(ids["input_ids"], ids["attention_mask"], torch.tensor([0, 1, 0])).logits
+    assert a[0].probs["score>=1"] == pytest.approx(torch.sigmoid(z[0, 0]).item(), abs=1e-5)
+
+
+def test_training_is_reproducible(setup, tmp_path) -> None:
+    from dataclasses import replace
+
+    args = replace(setup["args"], output_dir=str(tmp_path / "again"), epochs=1)
+    args2 = replace(args, output_dir=str(tmp_path / "again2"))
+    kw = dict(registry=setup["reg"], train_records=setup["tr"][:32] + setup["tr"][120:152],
+              val_records=setup["va"][:20])
+    r1, r2 = train(args, **kw), train(args2, **kw)
+    t = ["tiny-ord"]
+    assert Scorer.from_pretrained(r1.checkpoint_dir).predict(t, ["acid"])[0].probs == \
+        Scorer.from_pretrained(r2.checkpoint_dir).predict(t, ["acid"])[0].probs
+
+
+def test_unknown_task_and_empty_text_are_clear_errors(setup) -> None:
+    s = Scorer.from_pretrained(setup["res"].checkpoint_dir)
+    with pytest.raises(UnknownTaskError, match="nope"):
+        s.predict(["nope"], ["text"])
+    with pytest.raises(InputError, match="empty"):
+        s.predict(["tiny-ord"], ["  "])
+    args = TrainingArguments(encoder=str(setup["enc"]), method="mtl", task_ids=["missing-task"], progress=False)
+    with pytest.raises(UnknownTaskError):
+        train(args, registry=setup["reg"], train_records=setup["tr"])
+
+
+def test_misaligned_teacher_file_is_a_clear_error(setup, tmp_path) -> None:
+    rows = read_teacher_file(setup["teacher"])
+    # drop one training row's teacher output: strict alignment must name the missing key
+    missing = list(rows.values())[1:]
+    bad = write_teacher_file(missing, tmp_path / "missing.jsonl")
+    from dataclasses import replace
+
+    args = replace(setup["args"], teacher_file=str(bad), teacher_policy="strict", output_dir=str(tmp_path / "x"))
+    with pytest.raises(InputError, match="no teacher row"):
+        train(args, registry=setup["reg"], train_records=setup["tr"], val_records=setup["va"])
+    # a row written for another label encoding is caught with file and line
+    first = list(rows.values())[0]
+    wrong = TeacherRow(first.task_id, first.response_id, ["score>=1"], probs=[0.5])
+    bad2 = write_teacher_file([wrong], tmp_path / "wrong.jsonl")
+    with pytest.raises(InputError, match=r"wrong.jsonl, line 1, column 'label_names'"):
+        train(replace(args, teacher_file=str(bad2)), registry=setup["reg"], train_records=setup["tr"])
+
+
+def test_unimoe_guided_needs_a_teacher() -> None:
+    with pytest.raises(ValueError, match="teacher_file"):
+        TrainingArguments(method="unimoe_guided")
+
+
+def test_cross_fitting_never_predicts_a_row_with_a_model_that_saw_it(setup) -> None:
+    reg, tr = setup["reg"], setup["tr"]
+    recs = [r for r in tr if r.task_id == "tiny-ord"]
+    folds = kfold_indices(recs, LabelEncoding.from_task(reg.get("tiny-ord")), 3, seed=0)
+    allidx = np.concatenate(folds)
+    assert sorted(allidx.tolist()) == list(range(len(recs)))  # each row in exactly one held-out fold
+    rows = read_teacher_file(setup["teacher"])
+    assert {r.key for r in tr} == set(rows)
+    assert all(isinstance(r.extra["fold"], int) for r in rows.values())
+
+
+def test_import_teacher_from_csv(setup, tmp_path) -> None:
+    csv = tmp_path / "ext.csv"
+    csv.write_text("task_id,response_id,logit:score>=1,logit:score>=2\n"
+                   "tiny-ord,r0,2.0,-1.0\ntiny-ord,r1,0.5,0.1\n")
+    out = import_teacher(csv, setup["reg"], tmp_path / "t.jsonl", source="llm-x")
+    rows = read_teacher_file(out)
+    assert rows[("tiny-ord", "r0")].logits == [2.0, -1.0] and rows[("tiny-ord", "r0")].source == "llm-x"
+    csv.write_text("task_id,response_id,score>=1,score>=2\ntiny-ord,r0,0.9,abc\n")
+    with pytest.raises(InputError, match=r"line 2, column 'score>=2'"):
+        import_teacher(csv, setup["reg"], tmp_path / "t2.jsonl")
+
+
+def test_llm_lora_teacher_on_a_tiny_causal_lm(setup, tmp_path) -> None:
+    llm = make_tiny_causal_lm(tmp_path / "llm")
+    tr = tiny_records("tiny-ord", 24) + tiny_records("tiny-crit", 24)
+    extra = tiny_records("tiny-ord", 6, seed=1, prefix="v")
+    out = train_llm_teacher(LLMTeacherArguments(model_dir=str(llm), epochs=1, batch_size=12, progress=False),
+                            setup["reg"], tr, tmp_path / "llm.jsonl", predict_records=extra)
+    names = {t.id: LabelEncoding.from_task(t).names for t in setup["reg"]}
+    rows = read_teacher_file(out, label_names=names)
+    assert len(rows) == len(tr) + len(extra)
+    assert rows[("tiny-crit", "r0")].logits is not None and len(rows[("tiny-crit", "r0")].logits) == 2
+
+
+@pytest.mark.parametrize("mode", ["moe", "head"])
+def test_add_task_freezes_encoder_old_heads_and_reports_forgetting(setup, tmp_path, mode: str) -> None:
+    reg = setup["reg"]
+    ck = setup["res"].checkpoint_dir
+    before_model, *_ = load_checkpoint(ck)
+    new_tr = tiny_records("tiny-new", 80)
+    new_va = tiny_records("tiny-new", 30, seed=1, prefix="v")
+    res = add_task(ck, reg.get("tiny-new"), new_tr, new_va, tmp_path / "adapted",
+                   old_train_records=setup["tr"], old_eval_records=setup["va"],
+                   args=AdaptArguments(mode=mode, rehearsal_size=40, epochs=2, progress=False))
+    assert res.frozen_unchanged and set(res.old_before) == {"tiny-ord", "tiny-crit"}
+    assert set(res.new_task_metrics) == {"tiny-new"}
+    after_model, _, areg, _, _ = load_checkpoint(res.checkpoint_dir)
+    assert "tiny-new" in areg and after_model.config.task_ids[-1] == "tiny-new"
+    b, a = before_model.state_dict(), after_model.state_dict()
+    for k in b:
+        if k.startswith("encoder.") or k.startswith("heads.0.") or k.startswith("heads.1."):
+            assert torch.equal(b[k], a[k]), k
+    assert torch.equal(b["task_embedding.weight"], a["task_embedding.weight"][:2])
+    moe_changed = any(not torch.equal(b[k], a[k]) for k in b if k.startswith("moe."))
+    assert moe_changed == (mode == "moe")
+    if mode == "head":
+        assert res.old_after == res.old_before  # nothing shared moved
+        assert res.trainable_share < 0.2
+    assert 0 < res.trainable_share < 1
