@@ -320,3 +320,61 @@ def test_double_scored_column_when_only_some_responses_have_rater2(tmp_path: Pat
         "| metric | student–human | student–human (double-scored) | human–human | degradation |"
         in md.replace("machine", "student")
     )
+
+
+def test_cli_table_format_with_rater2_and_group_columns(tmp_path: Path) -> None:
+    tdir, _, recs, preds = _setup(tmp_path, 30)
+    gold = tmp_path / "gold.csv"
+    lines = ["response_id,task_id,text,E1,score,second,grade"]
+    for r in recs:
+        if r.task_id == "t1":
+            lines.append(
+                f"{r.response_id},t1,{r.text},{r.labels['E1']},{r.labels['score']},{r.rater2['score']},g{r.metadata['grade']}"
+            )
+    gold.write_text("\n".join(lines) + "\n")
+    pred = _jsonl(tmp_path / "p.jsonl", [p for p in preds if p["task_id"] == "t1"])
+    out = tmp_path / "o"
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--gold",
+            str(gold),
+            "--format",
+            "table",
+            "--pred",
+            str(pred),
+            "--tasks",
+            str(tdir),
+            "--out",
+            str(out),
+            "--n-boot",
+            "0",
+            "--rater2",
+            "score=second",
+            "--group-column",
+            "grade",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    sc = json.loads((out / "report.json").read_text())["tasks"][0]["scales"][0]
+    assert sc["human_human"]["n"] == 30 and set(sc["subgroups"]) == {"g7", "g8"}
+    res = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--gold",
+            str(gold),
+            "--format",
+            "table",
+            "--pred",
+            str(pred),
+            "--tasks",
+            str(tdir),
+            "--out",
+            str(out),
+            "--rater2",
+            "score",
+        ],
+    )
+    assert res.exit_code == 2 and "KEY=COLUMN" in res.output

@@ -31,6 +31,12 @@ def report(
     ),
     tasks: Path = typer.Option(Path("tasks"), "--tasks", "-t", help="Task folder (or file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for report.json/.md/.html and plots/."),
+    rater2: list[str] = typer.Option(
+        [],
+        "--rater2",
+        help="--format table only: second-rater column per label key, KEY=COLUMN (repeatable), "
+        "e.g. --rater2 score=rater2_score.",
+    ),
     split: Path | None = typer.Option(
         None,
         "--split",
@@ -95,6 +101,15 @@ def report(
     options: dict = {"registry": registry}
     if format == "table" and group_column:
         options["group_columns"] = [group_column]
+    if rater2:
+        if format != "table":
+            raise typer.BadParameter(
+                "only for --format table (the dataset loaders know their raters)", param_hint="--rater2"
+            )
+        pairs = [r.split("=", 1) for r in rater2]
+        if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+            raise typer.BadParameter("use KEY=COLUMN, e.g. score=rater2_score", param_hint="--rater2")
+        options["rater2_columns"] = dict(pairs)
     with console.status(f"reading {gold}"):
         records = load_data(format, gold, **options)
     if split is not None:
