@@ -61,7 +61,8 @@ confusion matrix, so one matrix per resample is all that is needed). Across-task
 (stratified), so each replicate gives one value per task, aggregated as above.
 
 Subgroups: when a group column is given (a key of ``Record.metadata``), the score metrics are repeated for
-each group value, with its ``n``. Responses without a value form the group ``"(missing)"``.
+each group value (score scales only), with its ``n`` and intervals. Responses without a value form
+the group ``"(missing)"``.
 
 Edge cases (never a silent 0; every undefined value is NaN - ``null`` in JSON - with a reason in ``notes``):
 
