@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as FPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -430,7 +431,7 @@ def create_app(settings: ServeSettings | None = None, *, scorer: ScorerLike | No
         return service.list_reviews(None if status == "all" else status, limit, offset)
 
     @app.post("/v1/reviews/{review_id}", dependencies=auth, response_model=ReviewOut, tags=["reviews"])
-    def decide(review_id: int, body: ReviewDecisionIn) -> dict[str, Any]:
+    def decide(body: ReviewDecisionIn, review_id: int = FPath(..., ge=1, le=2**31 - 1)) -> dict[str, Any]:
         """Accept or override a queued result, with a comment and the rater's id."""
         return service.decide(review_id, body.action, body.rater_id, body.comment, body.scores, body.source)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _In(BaseModel):
@@ -70,6 +70,14 @@ class ReviewDecisionIn(_In):
     comment: str = Field("", max_length=5000)
     scores: dict[str, int] | None = Field(None, description="Override: score per scale/criterion id.")
     source: Literal["student", "agents"] = Field("student", description="Accept: whose scores to accept.")
+
+    @field_validator("rater_id", "comment")
+    @classmethod
+    def _storable(cls, v: str) -> str:
+        """PostgreSQL text cannot hold NUL; refuse it here (a 422) rather than fail in the database."""
+        if "\x00" in v:
+            raise ValueError("contains a NUL character")
+        return v
 
 
 class ReviewOut(BaseModel):
