@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rubricate.data.records import Record, read_records
+from rubricate.data.records import Record
 from rubricate.data.teacher_file import AlignPolicy, align_teacher, read_teacher_file
 from rubricate.errors import InputError, UnknownTaskError
 from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
@@ -109,9 +109,11 @@ def load_balancing_loss(gate_weights: torch.Tensor) -> torch.Tensor:
 class TrainingArguments:
     """Every knob of :func:`train`; a recipe YAML under ``recipes/`` holds exactly these keys."""
 
-    # data
+    # data: either `data` (+ `split`) or `train_data` (+ `val_data`)
     tasks: str = ""  #: task folder or file (TaskRegistry.from_dir)
-    train_data: str = ""  #: training records (native JSONL, see rubricate.data.records)
+    data: str | None = None  #: all records (native JSONL or a table `load_table` reads); cut by `split`
+    split: str | None = None  #: split file (rubricate data split); None with `data`: the default split, made now
+    train_data: str = ""  #: training records (native JSONL or a table), when there is no `data`
     val_data: str | None = None  #: validation records for early stopping (None: no early stopping)
     task_ids: list[str] | None = None  #: train on these tasks only (default: every task with training rows)
     output_dir: str = "runs/student"
@@ -500,13 +502,34 @@ def _resolve_inputs(args: TrainingArguments, registry: TaskRegistry | None, trai
         if not args.tasks:
             raise InputError("no task registry: set 'tasks' (a task folder or file) in the recipe")
         registry = TaskRegistry.from_dir(args.tasks)
+    if train_records is None and args.data:
+        parts = split_records(load_records(args.data, registry), args.split, registry)
+        train_records = parts["train"]
+        if val_records is None:
+            val_records = parts["validation"] or None
     if train_records is None:
         if not args.train_data:
-            raise InputError("no training data: set 'train_data' in the recipe")
-        train_records = read_records(args.train_data)
+            raise InputError("no training data: set 'data' (+ 'split') or 'train_data' in the recipe")
+        train_records = load_records(args.train_data, registry)
     if val_records is None and args.val_data:
-        val_records = read_records(args.val_data)
+        val_records = load_records(args.val_data, registry)
     return registry, list(train_records), (list(val_records) if val_records is not None else None)
+
+
+def load_records(path: str | Path, registry: TaskRegistry | None = None) -> list[Record]:
+    """Records from native JSONL or any table ``load_table`` understands (label columns named like label keys)."""
+    from rubricate.data.loaders import load_table
+
+    return load_table(path, registry=registry)
+
+
+def split_records(records: Sequence[Record], split: str | Path | None,
+                  registry: TaskRegistry | None = None) -> dict[str, list[Record]]:
+    """{"train", "validation", "test"} parts: from a split file, or the default stratified split made now."""
+    from rubricate.data.splits import apply_split, make_split
+
+    sp = split if split is not None else make_split(records, registry=registry)
+    return apply_split(records, sp)
 
 
 def _task_ids(args: TrainingArguments, registry: TaskRegistry, records: Sequence[Record]) -> list[str]:
