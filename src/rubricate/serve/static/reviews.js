@@ -6,10 +6,12 @@ rater.addEventListener("change", () => localStorage.setItem("rubricate-rater", r
 for (const form of document.querySelectorAll("form.decide")) {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const action = ev.submitter ? ev.submitter.value : "accept";
+    const choice = ev.submitter ? ev.submitter.value : "accept";
+    const action = choice === "override" ? "override" : "accept";
     const status = form.querySelector(".status");
     if (!rater.value.trim()) { status.textContent = "Enter your rater id first."; rater.focus(); return; }
-    const body = { action, rater_id: rater.value.trim(), comment: form.comment.value };
+    const body = { action, rater_id: rater.value.trim(), comment: form.comment.value,
+                   source: choice === "accept-agents" ? "agents" : "student" };
     if (action === "override") {
       body.scores = {};
       for (const sel of form.querySelectorAll("select")) body.scores[sel.name] = parseInt(sel.value, 10);
