@@ -182,7 +182,7 @@ def parse_output(text: str, model: type[BaseModel]) -> BaseModel:
     if start < 0 or end < start:
         raise OutputError("no JSON object in the reply")
     try:
-        obj = json.loads(s[start:end + 1])
+        obj = json.loads(s[start:end + 1], strict=False)  # tolerate raw newlines inside strings
     except json.JSONDecodeError as e:
         raise OutputError(f"invalid JSON: {e.msg} at char {e.pos}") from None
     try:

@@ -1,7 +1,139 @@
-"""CLI verbs of this area (placeholder until the area lands)."""
+"""Agents verbs: ``rubricate agents score | components-reliability | teach``.
+
+Heavy imports (openai, llama_cpp) stay inside the commands so that ``rubricate --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+agents_app = typer.Typer(help="Rubric-aligned multi-agent LLM scoring (AutoSCORE): score, check, distil.",
+                         no_args_is_help=True)
+
+
+@agents_app.command("score")
+def score(
+    input: Path = typer.Option(..., "--input", "-i", help="Responses: .csv/.tsv (response_id, text[, task_id]) or records .jsonl."),
+    output: Path = typer.Option(..., "--output", "-o", help="Results JSONL (appended; a rerun resumes)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task id (needed when the input has no task_id column)."),
+    tasks_dir: Path = typer.Option(Path("tasks"), "--tasks", help="Folder (or file) of task files."),
+    backend: str = typer.Option("local", "--backend", "-b", help="local (in-process GGUF) | openai (any OpenAI-compatible server)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="local: smollm2 | gemma3 | path.gguf; openai: model name."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
+    structured: str = typer.Option("json_schema", "--structured", help="openai: json_schema | json_object_schema | json_object | guided_json | none."),
+    mode: str = typer.Option("multi", "--mode", help="multi (extract -> score) | single (one-call baseline)."),
+    scoring: str = typer.Option("llm", "--scoring", help="multi mode: llm (scoring agent) | rules (the task's scoring rules)."),
+    verify: bool = typer.Option(False, "--verify", help="Run the verifier agent on each extraction."),
+    feedback: bool = typer.Option(False, "--feedback", help="Write <= --feedback-words words of feedback per response."),
+    feedback_words: int = typer.Option(80, "--feedback-words"),
+    samples: int = typer.Option(1, "--samples", help="Self-consistency: scoring samples per response (majority vote)."),
+    sample_temperature: float = typer.Option(0.7, "--sample-temperature"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+    logprobs: bool = typer.Option(False, "--logprobs", help="Keep token log-probabilities of the score (teacher bridge)."),
+    max_attempts: int = typer.Option(3, "--max-attempts", help="Parse/validate attempts per agent call."),
+    rationale_chars: int = typer.Option(300, "--rationale-chars", help="Cap of the scoring rationale; 0 = none."),
+    concurrency: int = typer.Option(4, "--concurrency", "-j", help="Responses in flight (the local backend runs 1)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="openai: seconds per request."),
+    max_retries: int = typer.Option(4, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
+    n_ctx: int = typer.Option(4096, "--n-ctx", help="local: context window."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Switch the on-disk request cache off."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Default: $RUBRICATE_CACHE/llm or ~/.cache/rubricate/llm."),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Start the output file afresh instead of resuming."),
+    price_in: Optional[float] = typer.Option(None, "--price-in", help="USD per 1M input tokens (enables cost)."),
+    price_out: Optional[float] = typer.Option(None, "--price-out", help="USD per 1M output tokens."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N responses."),
+) -> None:
+    """Score responses with the agents; every row keeps score, status, evidence, raw outputs, tokens, latency."""
+    from rubricate.agents.backends import make_backend
+    from rubricate.agents.cache import RequestCache, default_cache_dir
+    from rubricate.agents.io import read_responses
+    from rubricate.agents.pipeline import PipelineConfig, score_responses, summarize
+    from rubricate.tasks import TaskRegistry
+
+    registry = TaskRegistry.from_dir(tasks_dir)
+    if task is not None:
+        registry.get(task)
+    records = read_responses(input, task_id=task)
+    for r in records:
+        registry.get(r.task_id)
+    if limit is not None:
+        records = records[:limit]
+    kw: dict = {}
+    if backend == "openai":
+        kw = dict(structured=structured, timeout_s=timeout, max_retries=max_retries)
+    elif backend == "local":
+        kw = dict(n_ctx=n_ctx, logprobs=logprobs)
+    llm = make_backend(backend, model=model, base_url=base_url, api_key_env=api_key_env, **kw)  # type: ignore[arg-type]
+    prices = {llm.model: (price_in, price_out or 0.0)} if price_in is not None else None
+    config = PipelineConfig(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
+                            feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
+                            temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
+                            rationale_chars=rationale_chars, prices=prices)
+    cache = RequestCache(cache_dir or default_cache_dir(), enabled=not no_cache)
+    results = score_responses(registry, records, llm, config, cache=cache, output=output, resume=not no_resume,
+                              concurrency=concurrency, progress=True)
+    s = summarize(results)
+    s.update(cache_hits=cache.hits, output=str(output), backend=llm.name, model=llm.model)
+    typer.echo(json.dumps(s, indent=1))
+
+
+@agents_app.command("components-reliability")
+def components_reliability(
+    pred: Path = typer.Option(..., "--pred", help="Results JSONL from 'agents score'."),
+    gold: Path = typer.Option(..., "--gold", help="Human-annotated components CSV (response_id + one column per component)."),
+    task: str = typer.Option(..., "--task", "-t"),
+    tasks_dir: Path = typer.Option(Path("tasks"), "--tasks"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the report as JSON."),
+) -> None:
+    """Agreement of extracted components with human annotation: accuracy, kappa, MAE, RMSE, Pearson, exact match."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rubricate.agents.reliability import component_reliability
+    from rubricate.tasks import TaskRegistry
+
+    rep = component_reliability(pred, gold, TaskRegistry.from_dir(tasks_dir).get(task))
+    table = Table(title=f"Component reliability - {task} (n gold {rep['n_gold']}, compared {rep['n_compared']})")
+    for col in ("component", "type", "n", "accuracy", "kappa", "MAE", "RMSE", "Pearson", "exact"):
+        table.add_column(col)
+
+    def f(x: object) -> str:
+        return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    for cid, m in rep["components"].items():
+        table.add_row(cid, m["type"], str(m["n"]), f(m.get("accuracy")), f(m.get("kappa")), f(m.get("mae")),
+                      f(m.get("rmse")), f(m.get("pearson")), f(m.get("exact_match")))
+    Console().print(table)
+    typer.echo(f"all components match: {rep['exact_match_all_components']:.3f}; "
+               f"missing or failed predictions: {len(rep['missing'])}")
+    if out is not None:
+        from rubricate.metrics import json_safe
+
+        out.write_text(json.dumps(json_safe(rep), indent=1), encoding="utf-8")
+
+
+@agents_app.command("teach")
+def teach(
+    results: Path = typer.Option(..., "--results", help="Results JSONL from 'agents score'."),
+    out: Path = typer.Option(..., "--out", help="Teacher-outputs JSONL to write."),
+    tasks_dir: Path = typer.Option(Path("tasks"), "--tasks"),
+    allow_hard: bool = typer.Option(False, "--allow-hard", help="Use one-hot labels when a result has no distribution."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source name stored in each row."),
+) -> None:
+    """Turn agent results into a teacher-outputs file (soft labels) for distilling into the student."""
+    from rubricate.agents.teacher import teacher_file_from_results
+    from rubricate.tasks import TaskRegistry
+
+    summary = teacher_file_from_results(results, TaskRegistry.from_dir(tasks_dir), out, allow_hard=allow_hard,
+                                        source=source)
+    typer.echo(json.dumps(summary, indent=1))
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    """Add ``rubricate agents ...`` to the root app (``rubricate teach agents`` is the lead's alias of ``agents teach``)."""
+    app.add_typer(agents_app, name="agents")
