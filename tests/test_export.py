@@ -135,3 +135,15 @@ def test_real_minilm_student_meets_both_tolerances(tmp_path: Path) -> None:
     rep = export_checkpoint(tmp_path / "ck", int8=True)
     assert rep.max_abs_dprob_fp32 <= 1e-4 and rep.max_abs_dprob_int8 is not None and rep.max_abs_dprob_int8 <= 0.03
     assert rep.size_mb["model.int8.onnx"] < rep.size_mb["model.onnx"]
+
+
+def test_light_tokenizer_matches_the_checkpoint_tokenizer(exported: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from rubricate.student.export import LightTokenizer
+
+    texts = ["Gas A and D, the SAME density!", "x", "the " * 200, "ünïcode 😀 text"]
+    ref = AutoTokenizer.from_pretrained(str(exported))(texts, truncation=True, max_length=64)["input_ids"]
+    light = LightTokenizer(exported)
+    assert light(texts, truncation=True, max_length=64)["input_ids"] == ref
+    assert light.pad_token_id == AutoTokenizer.from_pretrained(str(exported)).pad_token_id

@@ -210,6 +210,41 @@ class OnnxEngine:
         return f"OnnxEngine({self.path})"
 
 
+class LightTokenizer:
+    """The checkpoint's ``tokenizer.json`` through the ``tokenizers`` library alone.
+
+    ``transformers.AutoTokenizer`` imports torch (about 200 MB of resident memory) even when the model
+    runs in ONNX Runtime; this adapter gives the same ids (special tokens come from the file's
+    post-processor, truncation is applied here) with the call shape the Scorer uses:
+    ``tok(texts, truncation=True, max_length=n)["input_ids"]`` and ``tok.pad_token_id``.
+    """
+
+    def __init__(self, checkpoint_dir: str | Path) -> None:
+        from tokenizers import Tokenizer
+
+        d = Path(checkpoint_dir)
+        self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        pad = "[PAD]"
+        cfg = d / "tokenizer_config.json"
+        if cfg.exists():
+            pad = json.loads(cfg.read_text(encoding="utf-8")).get("pad_token") or pad
+            pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
+        self.pad_token_id = self.tok.token_to_id(pad)
+
+    def __call__(self, texts: Sequence[str], truncation: bool = True, max_length: int | None = None,
+                 **_: Any) -> dict[str, list[list[int]]]:
+        if truncation and max_length:
+            self.tok.enable_truncation(max_length)
+        else:
+            self.tok.no_truncation()
+        return {"input_ids": [e.ids for e in self.tok.encode_batch(list(texts))]}
+
+    def __len__(self) -> int:
+        return self.tok.get_vocab_size()
+
+
 # --------------------------------------------------------------------------------------------------------
 # parity
 # --------------------------------------------------------------------------------------------------------

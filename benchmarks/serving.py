@@ -1,0 +1,400 @@
+"""Serving benchmark: `rubricate predict` throughput, /v1/score latency, server memory, vs the Individual set.
+
+    python benchmarks/serving.py                      # self-contained (untrained-head MiniLM students)
+    python benchmarks/serving.py --model runs/student  # a trained checkpoint (speed does not depend on training)
+
+What it measures (on ASAP-SAS responses, ``shared/data/asap-sas/train.tsv``):
+
+* **throughput** of ``rubricate predict`` (real CLI subprocess, JSONL in, CSV out) for torch fp32, torch
+  int8 (dynamic), ONNX fp32 and ONNX int8, in responses/s as the command reports it (model load excluded;
+  the wall time including start-up is reported too);
+* **latency** of ``POST /v1/score`` with one response per request at concurrency 1, 8 and 32, from a
+  bounded async load generator (httpx) on loopback, against the real ``rubricate serve`` process with
+  its SQLite database (every request is stored, as in production): p50/p95/p99 and errors;
+* **memory and start-up**: peak RSS of the server process (VmHWM) and the time until /healthz answers;
+* **the alternative**: the same server code serving the *Individual set* - one model per task, all
+  loaded (untrained-head MiniLM encoders without MoE, one per ASAP-SAS item, same backend).
+
+Without ``--model`` the student is a MiniLM encoder + MoE (4 experts x 2 layers) + 10 heads with
+untrained heads: weights do not change speed or memory, and the report says which model was used.
+Results go to a JSON file and a Markdown section (``docs/benchmarks/serving.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("RUBRICATE_SHARED_DATA", REPO.parent / "shared" / "data"))
+TARGETS = {"onnx_int8_rps": 150.0, "p50_ms_c1": 25.0, "errors_c32": 0, "rss_ratio": 0.2}
+
+
+# --------------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------------
+def _save_untrained(out: Path, task_ids: list[str], use_moe: bool, model_id: str) -> Path:
+    from transformers import AutoTokenizer
+
+    from rubricate.labels import LabelEncoding
+    from rubricate.student.modeling import StudentConfig, StudentModel, resolve_encoder, save_model
+    from rubricate.tasks import TaskRegistry
+
+    reg = TaskRegistry.from_dir(REPO / "tasks" / "asap_sas").subset(task_ids)
+    encs = {t: LabelEncoding.from_task(reg.get(t)) for t in task_ids}
+    cfg = StudentConfig(task_ids=list(task_ids), n_labels=[encs[t].n_labels for t in task_ids], encoder="minilm",
+                        use_moe=use_moe)
+    import torch
+
+    torch.manual_seed(0)
+    model = StudentModel.from_encoder(cfg)
+    tok = AutoTokenizer.from_pretrained(str(resolve_encoder("minilm")))
+    doc = {"model_id": model_id, "tasks": reg.snapshot(),
+           "label_encodings": {t: encs[t].to_dict() for t in task_ids}, "metrics": {}, "note": "untrained heads"}
+    save_model(model, tok, out, doc)
+    return out
+
+
+def _export(ck: Path) -> dict[str, Any]:
+    from rubricate.student.export import export_checkpoint
+
+    if not (ck / "onnx" / "model.int8.onnx").exists():
+        export_checkpoint(ck, int8=True)
+    return json.loads((ck / "onnx" / "export.json").read_text())
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------
+def _responses(n: int, seed: int = 0) -> list[dict[str, str]]:
+    from rubricate.data.loaders import load_asap_sas
+
+    recs = load_asap_sas(SHARED / "asap-sas" / "train.tsv")
+    rng = random.Random(seed)
+    rng.shuffle(recs)
+    return [{"task_id": r.task_id, "text": r.text, "response_id": r.response_id} for r in recs[:n]]
+
+
+# --------------------------------------------------------------------------------------------------------
+# throughput of `rubricate predict`
+# --------------------------------------------------------------------------------------------------------
+def _cli() -> list[str]:
+    return [sys.executable, "-c", "from rubricate.cli import main; main()"]
+
+
+def bench_predict(model: Path, inp: Path, work: Path, threads: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, backend, int8 in (("torch fp32", "torch", False), ("torch int8", "torch", True),
+                                ("onnx fp32", "onnx", False), ("onnx int8", "onnx", True)):
+        dst = work / f"pred-{backend}-{'int8' if int8 else 'fp32'}.csv"
+        cmd = _cli() + ["predict", "--model", str(model), "--input", str(inp), "--output", str(dst), "--backend",
+                        backend, "--overwrite", "--no-progress", "--chunk-size", "1000", "--batch-size", "32"]
+        if int8:
+            cmd.append("--int8")
+        if threads:
+            cmd += ["--threads", str(threads)]
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"{name}: {res.stderr[-2000:]}")
+        m = re.search(r"scored (\d+) responses .*\(([\d.]+) responses/s", res.stderr.replace("\n", " "))
+        out[name] = {"responses": int(m.group(1)), "responses_per_s": float(m.group(2)), "wall_s": round(wall, 2)}
+        print(f"  predict {name}: {out[name]}", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# server latency
+# --------------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _start_server(cmd: list[str], port: int, log: Path) -> tuple[subprocess.Popen, float]:
+    import httpx
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if time.perf_counter() - t0 > 600:
+            proc.kill()
+            raise RuntimeError("server did not start within 600 s")
+
+
+async def _load(port: int, items: list[dict[str, str]], concurrency: int, n: int, tag: str,
+                timeout_s: float) -> dict[str, Any]:
+    """Bounded load: exactly ``n`` requests, at most ``concurrency`` in flight, each with a deadline."""
+    import httpx
+
+    lat: list[float] = []
+    errors: list[str] = []
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s, limits=limits) as c:
+        async def one(i: int) -> None:
+            it = dict(items[i % len(items)])
+            it["response_id"] = f"{tag}-{i}"
+            async with sem:
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post("/v1/score", json={"items": [it]})
+                    if r.status_code != 200:
+                        errors.append(f"HTTP {r.status_code}")
+                except httpx.HTTPError as e:
+                    errors.append(type(e).__name__)
+                lat.append(time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - t0
+    lat_ms = sorted(x * 1000 for x in lat)
+
+    def q(p: float) -> float:
+        return round(lat_ms[min(len(lat_ms) - 1, int(round(p * (len(lat_ms) - 1))))], 1)
+
+    return {"requests": n, "errors": len(errors), "error_kinds": sorted(set(errors))[:5], "p50_ms": q(0.50),
+            "p95_ms": q(0.95), "p99_ms": q(0.99), "mean_ms": round(statistics.mean(lat_ms), 1),
+            "requests_per_s": round(n / wall, 1)}
+
+
+def bench_server(cmd: list[str], port: int, work: Path, items: list[dict[str, str]], name: str,
+                 plan: dict[int, int]) -> dict[str, Any]:
+    log = work / f"server-{name}.log"
+    proc, load_s = _start_server(cmd, port, log)
+    out: dict[str, Any] = {"load_s": round(load_s, 2), "rss_after_load_mb": round(_vm_hwm_mb(proc.pid), 1)}
+    try:
+        asyncio.run(_load(port, items, 2, 20, f"{name}-warm", 60))
+        for conc, n in plan.items():
+            out[f"c{conc}"] = asyncio.run(_load(port, items, conc, n, f"{name}-c{conc}", 120))
+            print(f"  {name} c={conc}: {out[f'c{conc}']}", flush=True)
+        out["peak_rss_mb"] = round(_vm_hwm_mb(proc.pid), 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# the Individual set: one model per task behind the same server code
+# --------------------------------------------------------------------------------------------------------
+class IndividualScorer:
+    """Routes each response to its task's own Scorer (all loaded at start), same Scorer contract."""
+
+    def __init__(self, root: Path, backend: str, quantize: bool) -> None:
+        from rubricate.student.scorer import Scorer
+        from rubricate.tasks import TaskRegistry
+
+        self.scorers = {d.name: Scorer.from_pretrained(d, backend=backend, quantize=quantize)  # type: ignore[arg-type]
+                        for d in sorted(root.iterdir()) if (d / "config.json").exists()}
+        self.tasks = TaskRegistry([s.tasks.get(t) for t, s in self.scorers.items()])
+        self.model_id, self.model_version, self.backend = "individual-set", "bench", backend
+
+    def predict(self, task_ids, texts, batch_size=64, response_ids=None):
+        out: list[Any] = [None] * len(texts)
+        for tid in dict.fromkeys(task_ids):
+            idx = [i for i, t in enumerate(task_ids) if t == tid]
+            preds = self.scorers[tid].predict([tid] * len(idx), [texts[i] for i in idx], batch_size,
+                                              None if response_ids is None else [response_ids[i] for i in idx])
+            for i, p in zip(idx, preds):
+                out[i] = p
+        return out
+
+
+def serve_individual(root: Path, port: int, db_url: str, backend: str, int8: bool, threads: int | None) -> None:
+    import uvicorn
+
+    from rubricate.serve.app import create_app
+    from rubricate.serve.settings import ServeSettings
+
+    scorer = IndividualScorer(root, backend, int8)
+    if threads:
+        from rubricate.student.export import OnnxEngine
+
+        for s in scorer.scorers.values():
+            if s.engine is not None:
+                s.engine = OnnxEngine(s.engine.path, intra_op_threads=threads)
+    uvicorn.run(create_app(ServeSettings(database_url=db_url), scorer=scorer), host="127.0.0.1", port=port,
+                log_level="warning")
+
+
+# --------------------------------------------------------------------------------------------------------
+def _markdown(r: dict[str, Any]) -> str:
+    t = r["predict"]
+    s, ind = r["server"], r.get("individual")
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Machine: {r['machine']}  ",
+        f"Date: {r['date']}; total run time {r['total_s']:.0f} s  ",
+        f"Model: {r['model']}  ",
+        f"Data: {r['n_responses']} ASAP-SAS responses (all 10 items, shuffled with seed 0).",
+        "",
+        "Timings on a shared 2-core machine are indicative; the numbers below are one run.",
+        "",
+        "## Batch scoring throughput (`rubricate predict`, JSONL -> CSV, batch 32)",
+        "",
+        "| backend | responses/s | wall time incl. start-up (s) |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {k} | {v['responses_per_s']:.1f} | {v['wall_s']:.1f} |" for k, v in t.items()]
+    lines += ["", f"Target: ONNX int8 >= {TARGETS['onnx_int8_rps']:.0f} responses/s -> "
+              f"**{'met' if t['onnx int8']['responses_per_s'] >= TARGETS['onnx_int8_rps'] else 'NOT met'}** "
+              f"({t['onnx int8']['responses_per_s']:.1f}).", "",
+              f"ONNX parity (export report): max |dprob| fp32 {r['export']['max_abs_dprob_fp32']:.1e}, int8 "
+              f"{r['export']['max_abs_dprob_int8']:.4f}; sizes {r['export']['size_mb']} MB.", "",
+              f"## `/v1/score` latency, one response per request ({r['server_backend']}, SQLite, loopback)", "",
+              "| server | concurrency | requests | errors | p50 ms | p95 ms | p99 ms | requests/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, block in (("student", s), ("Individual set", ind)):
+        if not block:
+            continue
+        for k, v in block.items():
+            if k.startswith("c") and isinstance(v, dict):
+                lines.append(f"| {label} | {k[1:]} | {v['requests']} | {v['errors']} | {v['p50_ms']} | {v['p95_ms']} | "
+                             f"{v['p99_ms']} | {v['requests_per_s']} |")
+    lines += ["", "## Memory and start-up", "", "| server | models loaded | start-up to /healthz (s) | peak RSS (MB) |",
+              "| --- | ---: | ---: | ---: |", f"| student | 1 | {s['load_s']} | {s['peak_rss_mb']} |"]
+    if ind:
+        lines.append(f"| Individual set | {ind['n_models']} | {ind['load_s']} | {ind['peak_rss_mb']} |")
+    lines += ["", "## Targets", ""]
+    c1, c32 = s.get("c1", {}), s.get("c32", {})
+    checks = [("ONNX int8 batch scoring >= 150 responses/s", t["onnx int8"]["responses_per_s"] >= 150,
+               f"{t['onnx int8']['responses_per_s']:.1f}/s"),
+              ("p50 <= 25 ms at concurrency 1", c1.get("p50_ms", 1e9) <= 25, f"{c1.get('p50_ms')} ms"),
+              (f"zero errors in {c32.get('requests')} requests at concurrency 32", c32.get("errors", 1) == 0,
+               f"{c32.get('errors')} errors")]
+    if ind:
+        ratio = s["peak_rss_mb"] / ind["peak_rss_mb"]
+        checks.append(("student RSS <= 1/5 of the Individual set's", ratio <= 0.2, f"ratio {ratio:.2f}"))
+    lines += [f"- {name}: **{'met' if ok else 'NOT met'}** ({val})" for name, ok, val in checks]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="trained student checkpoint (default: build an untrained-head one)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/rubricate-bench-serving"))
+    ap.add_argument("--n-predict", type=int, default=2000, help="responses for the throughput runs")
+    ap.add_argument("--requests", type=str, default="1:300,8:600,32:2000", help="concurrency:requests,...")
+    ap.add_argument("--server-backend", default="onnx-int8", choices=["onnx-int8", "onnx-fp32", "torch-fp32"])
+    ap.add_argument("--threads", type=int, default=None, help="model threads (default: all cores)")
+    ap.add_argument("--skip-individual", action="store_true")
+    ap.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks" / "serving.md")
+    ap.add_argument("--out-json", type=Path, default=REPO / "docs" / "benchmarks" / "serving.json")
+    ap.add_argument("--serve-individual", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    backend, _, prec = args.server_backend.partition("-")
+    if args.serve_individual:  # internal: the Individual-set server process
+        serve_individual(args.serve_individual, args.port, args.db, backend, prec == "int8", args.threads)
+        return
+
+    t_start = time.perf_counter()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    if not (SHARED / "asap-sas" / "train.tsv").exists():
+        sys.exit(f"ASAP-SAS not found under {SHARED} (set RUBRICATE_SHARED_DATA)")
+    task_ids = [f"asap-sas-{i}" for i in range(1, 11)]
+    if args.model:
+        model, model_desc = args.model, f"trained checkpoint {args.model}"
+    else:
+        model = work / "student"
+        if not (model / "config.json").exists():
+            print("building the untrained-head MiniLM student ...", flush=True)
+            _save_untrained(model, task_ids, True, "bench-minilm-moe")
+        model_desc = "MiniLM-L6 + MoE (4 experts x 2 layers) + 10 heads, untrained heads (speed/memory only)"
+    print("exporting ONNX fp32 + int8 ...", flush=True)
+    export = _export(model)
+
+    data = _responses(args.n_predict)
+    inp = work / "responses.jsonl"
+    inp.write_text("".join(json.dumps(d) + "\n" for d in data), encoding="utf-8")
+    print("throughput of rubricate predict ...", flush=True)
+    predict = bench_predict(model, inp, work, args.threads)
+
+    plan = {int(a): int(b) for a, b in (p.split(":") for p in args.requests.split(","))}
+    db_path = work / "bench.db"
+    for p in work.glob("bench*.db*"):
+        p.unlink()
+    port = _free_port()
+    cmd = _cli() + ["serve", "--model", str(model), "--db", f"sqlite:///{db_path}", "--port", str(port),
+                    "--backend", backend] + (["--int8"] if prec == "int8" else []) + \
+        (["--threads", str(args.threads)] if args.threads else [])
+    print("server latency (student) ...", flush=True)
+    server = bench_server(cmd, port, work, data, "student", plan)
+
+    individual = None
+    if not args.skip_individual:
+        root = work / "individual"
+        for t in task_ids:
+            d = root / t
+            if not (d / "config.json").exists():
+                print(f"building individual model {t} ...", flush=True)
+                _save_untrained(d, [t], False, f"individual-{t}")
+            if backend == "onnx":
+                _export(d)
+        port = _free_port()
+        db2 = work / "bench-individual.db"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-individual", str(root), "--port", str(port),
+               "--db", f"sqlite:///{db2}", "--server-backend", args.server_backend] + \
+            (["--threads", str(args.threads)] if args.threads else [])
+        print("server latency (Individual set) ...", flush=True)
+        individual = bench_server(cmd, port, work, data, "individual", plan)
+        individual["n_models"] = len(task_ids)
+
+    import multiprocessing
+
+    result = {
+        "command": "python benchmarks/serving.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} cores, "
+                   f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "model": model_desc, "n_responses": len(data),
+        "export": export, "predict": predict, "server_backend": args.server_backend, "server": server,
+        "individual": individual, "total_s": time.perf_counter() - t_start,
+    }
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    args.out_md.write_text(_markdown(result), encoding="utf-8")
+    print(_markdown(result))
+    if not args.model and os.environ.get("RUBRICATE_BENCH_CLEAN"):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
