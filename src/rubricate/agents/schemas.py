@@ -23,7 +23,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from rubricate.tasks import Component, Task
 
@@ -86,6 +86,13 @@ def extraction_model(task: Task, *, max_quotes: int = 3, quote_chars: int = 200,
     return create_model(f"Extraction_{_safe(task.id)}", __base__=_Lenient, **fields)
 
 
+def _exact_int(v: Any) -> Any:
+    """Literal[...] alone accepts 2.0 and true (they compare equal to 2 and 1): a score must be a JSON integer."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {type(v).__name__} {v!r}")
+    return v
+
+
 def score_keys(task: Task) -> list[tuple[str, int, int]]:
     """(key, min, max) of every score the scoring agent returns: scales first, then criteria (0/1)."""
     return [(s.id, s.min, s.max) for s in task.scales] + [(c.id, 0, 1) for c in task.criteria]
@@ -102,7 +109,8 @@ def score_model(task: Task, *, rationale_chars: int = 300) -> type[BaseModel]:
         fields["rationale"] = (str, Field(..., json_schema_extra={"maxLength": rationale_chars}))
     for i, (key, lo, hi) in enumerate(score_keys(task)):
         values = tuple(range(lo, hi + 1))
-        fields[f"s{i}"] = (Literal[values], Field(..., alias=key))  # type: ignore[valid-type]
+        fields[f"s{i}"] = (Annotated[Literal[values], BeforeValidator(_exact_int)],  # type: ignore[valid-type]
+                           Field(..., alias=key))
     return create_model(f"Score_{_safe(task.id)}", __base__=_Lenient, **fields)
 
 
