@@ -1,7 +1,26 @@
-"""CLI verbs of this area (placeholder until the area lands)."""
+"""``rubricate demo``: the main job on embedded defaults (see rubricate/demo.py for the steps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
+    """Add ``rubricate demo``."""
+
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (split, teacher, checkpoints, report)."),
+        epochs: float = typer.Option(None, help="Override the demo recipe's epochs (e.g. 1 for a smoke run)."),
+        seed: int = typer.Option(13, help="Seed of the split, the teacher folds and training."),
+        agents: bool = typer.Option(True, "--agents/--no-agents", help="Also score one response with the LLM agents."),
+        agents_model: str = typer.Option("smollm2", help="Local GGUF for the agents step: smollm2, gemma3 or a path."),
+        n_boot: int = typer.Option(1000, help="Bootstrap resamples for the report's confidence intervals."),
+    ) -> None:
+        """Run the whole pipeline on the demo set: tasks -> split -> teacher -> student -> report -> add-task -> agents."""
+        from rubricate.demo import DemoConfig, run_demo
+
+        run_demo(DemoConfig(out_dir=out, epochs=epochs, seed=seed, agents=agents, agents_model=agents_model,
+                            n_boot=n_boot))
