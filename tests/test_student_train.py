@@ -180,3 +180,15 @@ def test_add_task_freezes_encoder_old_heads_and_reports_forgetting(setup, tmp_pa
         assert res.old_after == res.old_before  # nothing shared moved
         assert res.trainable_share < 0.2
     assert 0 < res.trainable_share < 1
+
+
+def test_shipped_recipes_parse_and_unknown_keys_name_the_file(repo_root: Path, tmp_path) -> None:
+    for recipe in sorted((repo_root / "recipes").glob("*.yaml")):
+        args = TrainingArguments.from_yaml(recipe)
+        assert args.method in ("individual", "mtl", "unimoe", "unimoe_guided"), recipe
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: mtl\nlearning_rate: 0.1\n")
+    with pytest.raises(InputError, match=r"bad.yaml.*unknown recipe keys \['learning_rate'\]"):
+        TrainingArguments.from_yaml(bad)
+    overridden = TrainingArguments.from_yaml(repo_root / "recipes" / "mtl.yaml", {"epochs": 1})
+    assert overridden.epochs == 1 and not overridden.use_moe

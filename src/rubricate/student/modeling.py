@@ -290,11 +290,17 @@ class StudentModel(nn.Module):
         """Start a new model from pre-trained encoder weights (``config.encoder`` unless a dir is given)."""
         from transformers import AutoModel
 
+        from transformers.utils import logging as hf_logging
+
         path = resolve_encoder(str(encoder_dir or config.encoder))
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the unused pooler of sentence-transformers dirs is reported as noise
         try:
             enc = AutoModel.from_pretrained(path, add_pooling_layer=False)
         except TypeError:  # encoders without a pooling layer argument
             enc = AutoModel.from_pretrained(path)
+        finally:
+            hf_logging.set_verbosity(level)
         d = enc.config.to_dict()
         config.encoder_config = {k: v for k, v in d.items()
                                  if k not in ("architectures", "_name_or_path", "transformers_version",
