@@ -327,7 +327,10 @@ class LlamaCppBackend:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._grammars: dict[str, Any] = {}
-        first = self._llama("default")
+        self._spare: Any = None
+        first = self._llama("metadata")
+        self._spare = self._slots.pop("metadata")
+        self._locks.pop("metadata")
         if prompt_format == "auto":
             prompt_format = "chat" if first.metadata.get("tokenizer.chat_template") else "completion"
         self.prompt_format: PromptFormat = prompt_format
@@ -338,6 +341,9 @@ class LlamaCppBackend:
 
     def _llama(self, slot: str) -> Any:
         with self._guard:
+            if slot not in self._slots and self._spare is not None:  # the context opened to read metadata
+                self._slots[slot], self._spare = self._spare, None
+                self._locks[slot] = threading.Lock()
             if slot not in self._slots:
                 from llama_cpp import Llama
 
