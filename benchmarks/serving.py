@@ -264,7 +264,8 @@ def _markdown(r: dict[str, Any]) -> str:
         f"Model: {r['model']}  ",
         f"Data: {r['n_responses']} ASAP-SAS responses (all 10 items, shuffled with seed 0).",
         "",
-        "Timings on a shared 2-core machine are indicative; the numbers below are one run.",
+        f"Load average (1 min) at start / end: {r['loadavg'][0]:.1f} / {r['loadavg'][1]:.1f} "
+        "(above the core count means other work shared the CPUs: timings are then pessimistic).",
         "",
         "## Batch scoring throughput (`rubricate predict`, JSONL -> CSV, batch 32)",
         "",
@@ -326,6 +327,7 @@ def main() -> None:
         return
 
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     if not (SHARED / "asap-sas" / "train.tsv").exists():
@@ -387,6 +389,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "model": model_desc, "n_responses": len(data),
         "export": export, "predict": predict, "server_backend": args.server_backend, "server": server,
         "individual": individual, "total_s": time.perf_counter() - t_start,
+        "loadavg": [load_start, os.getloadavg()[0]],
     }
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(result, indent=2), encoding="utf-8")
