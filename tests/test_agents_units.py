@@ -242,3 +242,17 @@ def test_read_responses_errors(tmp_path):
     p.write_text('response_id,text,score\n1,"multi\nline",2\n2,x,\n')
     recs = read_responses(p, task_id="t", score_col="score")
     assert [(r.response_id, r.text, r.labels) for r in recs] == [("1", "multi\nline", {"score": 2}), ("2", "x", {})]
+
+
+def test_render_result_marks_grounding_and_failures():
+    from rubricate.agents.display import render_result
+    from rubricate.agents.pipeline import AgentResult
+
+    ok = AgentResult(task_id="t", response_id="1", status="ok", score=2, scores={"score": 2}, rule_score=1,
+                     components={"c": ComponentValue(value=True, evidence=["a b", "zz"], grounded=[True, False])},
+                     grounding_rate=0.5, feedback="Add data.", tokens={"in": 10, "out": 5}, latency_s=1.0)
+    text = render_result(ok)
+    assert "score: 2" in text and "rule score" in text and '✓ "a b"' in text and '✗ "zz"' in text
+    assert "feedback: Add data." in text
+    failed = AgentResult(task_id="t", response_id="2", status="failed", error="extract: boom")
+    assert "no score" in render_result(failed) and "boom" in render_result(failed)
