@@ -256,3 +256,26 @@ def test_render_result_marks_grounding_and_failures():
     assert "feedback: Add data." in text
     failed = AgentResult(task_id="t", response_id="2", status="failed", error="extract: boom")
     assert "no score" in render_result(failed) and "boom" in render_result(failed)
+
+
+def test_components_reliability_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from rubricate.cli import app
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "t.json").write_text(json.dumps(MULTI))
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"task_id": MULTI["id"], "response_id": str(i), "status": "ok",
+                                        "components": {"position": {"value": i % 2 == 0}}}) + "\n" for i in range(4)))
+    gold = tmp_path / "gold.csv"
+    gold.write_text("response_id,position\n0,1\n1,0\n2,1\n3,1\n")
+    out = tmp_path / "rep.json"
+    res = CliRunner().invoke(app, ["agents", "components-reliability", "--pred", str(pred), "--gold", str(gold),
+                                   "--task", MULTI["id"], "--tasks", str(tasks_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["components"]["position"]["accuracy"] == pytest.approx(0.75)
+    assert rep["components"]["position"]["kappa"] == pytest.approx(0.5)
+    assert "position" in res.output
