@@ -49,8 +49,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
               "ablations": ["pooled", "experts-3"], "latency_n": 20, "rehearsal": 200, "evals_per_epoch": 1},
     # medium: the whole base test split (same rows as full) with 500 training rows per task; ~1 h on a quiet
     # 2-core CPU. For sessions that cannot afford the full budget; the tables say it is a subsample.
-    "medium": {"train_per_task": 500, "val_per_task": 80, "test_per_task": None, "epochs": 3.0,
-               "individual_epochs": 4.0, "adapt_epochs": 6.0, "ablation_train_per_task": 100, "ablation_epochs": 2.0,
+    "medium": {"train_per_task": 500, "val_per_task": 80, "test_per_task": None, "epochs": 2.0,
+               "individual_epochs": 3.0, "adapt_epochs": 6.0, "ablation_train_per_task": 100, "ablation_epochs": 2.0,
                "ablations": ["pooled", "experts-3", "experts-5"],
                "latency_n": 50, "rehearsal": 400, "evals_per_epoch": 1},
     # full: ~2 h on a quiet 2-core CPU (MiniLM ~25 responses/s training; token-wise MoE ~30% slower than MTL).

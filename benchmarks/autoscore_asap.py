@@ -182,6 +182,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="responses per set (default: all 100)")
     ap.add_argument("--samples", type=int, default=1, help="self-consistency samples of the scoring step")
     ap.add_argument("--rationale-chars", type=int, default=200)
+    ap.add_argument("--max-quotes", type=int, default=2, help="evidence quotes per component")
+    ap.add_argument("--quote-chars", type=int, default=100, help="characters per evidence quote")
+    ap.add_argument("--extract-tokens", type=int, default=600,
+                    help="token cap of the extraction (a reply cut off there is retried at the same cap)")
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "autoscore", help="results JSONL + request cache")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks" / "agents.md")
@@ -204,7 +208,9 @@ def main() -> None:
     for model in [m for m in args.models.split(",") if m]:
         backend = make_backend("local", model=model, n_ctx=args.n_ctx)
         for mode in [m for m in args.modes.split(",") if m]:
-            cfg = PipelineConfig(mode=mode, samples=args.samples, rationale_chars=args.rationale_chars)  # type: ignore[arg-type]
+            cfg = PipelineConfig(mode=mode, samples=args.samples, rationale_chars=args.rationale_chars,  # type: ignore[arg-type]
+                                 max_quotes=args.max_quotes, quote_chars=args.quote_chars, length_growth=1.0,
+                                 max_tokens={"extract": args.extract_tokens})
             for s in sets:
                 out = args.out_dir / backend.model / mode / f"{s}.jsonl"
                 print(f"[{model} {mode} {s}] {len(records[s])} responses -> {out}", flush=True)
