@@ -440,6 +440,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
     L.append(f"## Student (UniMoE-Guided) on ASAP-SAS — budget `{bench.budget_name}`, encoder `{bench.encoder}`\n")
     L.append(f"Command: `{cmd}`  ")
     L.append(f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}; "
+             f"load average at the end {os.getloadavg()[0]:.1f} (latency numbers need a quiet machine); "
              f"date {time.strftime('%Y-%m-%d')}; wall time of this invocation {seconds / 60:.1f} min "
              f"(steps done in earlier invocations are reused).  ")
     counts = {k: len(v) for k, v in bench.parts.items()}
