@@ -82,8 +82,6 @@ class Scorer:
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, backend: Backend = "auto", quantize: bool = False,
                         threshold: float = DEFAULT_THRESHOLD, num_threads: int | None = None) -> "Scorer":
-        from transformers import AutoTokenizer
-
         d = Path(checkpoint_dir)
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
@@ -99,10 +97,17 @@ class Scorer:
         if backend == "onnx" or (backend == "auto" and onnx_file.exists()):
             if not onnx_file.exists():
                 raise FileNotFoundError(f"no ONNX export at {onnx_file} (run `rubricate export` first)")
-            from rubricate.student.export import OnnxEngine
+            from rubricate.student.export import LightTokenizer, OnnxEngine
 
             engine = OnnxEngine(onnx_file)
-            tok = AutoTokenizer.from_pretrained(str(d))
+            # The ONNX path stays torch-free (transformers' AutoTokenizer imports torch: ~200 MB RSS);
+            # LightTokenizer reads the same tokenizer.json and gives identical ids (tests/test_export.py).
+            if (d / "tokenizer.json").exists():
+                tok = LightTokenizer(d)
+            else:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(d))
         else:
             import torch
 
