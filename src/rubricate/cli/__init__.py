@@ -41,6 +41,9 @@ def _register() -> None:
 
     for module in (tasks, data, report, student, agents, serve, demo):
         module.register(app)
+    # One verb, two homes: distilling an LLM scorer is a way to make a teacher file (``teach agents``)
+    # and an agents feature (``agents teach``); both run the same function.
+    student.teach_app.command("agents")(agents.teach)
 
 
 _register()
