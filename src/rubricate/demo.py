@@ -42,7 +42,8 @@ class DemoConfig:
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     teacher_folds: int = 5
     epochs: float | None = None  #: override the recipe's epochs (e.g. 1 for a smoke run)
-    adapt_epochs: float = 8.0
+    adapt_epochs: float = 30.0  #: the new task has ~30 training rows: many short epochs, early-stopped
+    adapt_patience: int = 8  #: evaluations without improvement before add-task stops
     agents: bool = True
     agents_model: str = "smollm2"
     agents_task: str = "demo-ice"
@@ -177,7 +178,9 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
                                                     registry=new_reg))
     adapt = add_task(student_dir, new_task, new_parts["train"], new_parts["validation"], out / "student_plus_new",
                      old_train_records=train_r, old_eval_records=val_r,
-                     args=AdaptArguments(mode="moe", epochs=cfg.adapt_epochs, seed=cfg.seed, progress=True))
+                     args=AdaptArguments(mode="moe", epochs=cfg.adapt_epochs, seed=cfg.seed, progress=True,
+                                         early_stopping_patience=cfg.adapt_patience,
+                                         rehearsal_size=len(train_r)))
     secs["add_task"] = time.time() - t0
     ad = Table(title=f"6. Added task '{new_task.id}' (encoder + old heads frozen; "
                      f"{adapt.trainable_share:.1%} of parameters trained)")
