@@ -203,7 +203,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
     secs["total"] = time.time() - t_all
     (out / "timings.json").write_text(json.dumps(secs, indent=2), encoding="utf-8")
     con.print(f"\n[bold]Reliability report:[/bold] {report_dir / 'report.html'} (also report.md, report.json)")
-    con.print(f"Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
+    con.print("Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()))
     return DemoResult(report_dir=report_dir, student_dir=student_dir, adapted_dir=Path(adapt.checkpoint_dir),
                       metrics=report.to_dict().get("across", {}), seconds=secs)
 

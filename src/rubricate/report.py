@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rubricate.data.jsonl import iter_jsonl
 from rubricate.errors import InputError
 from rubricate.metrics import (
     SCORE_METRICS,
@@ -492,60 +493,45 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
 
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
-        with path.open("rb") as f:
-            for line, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputError(
-                        f"undecodable bytes (not UTF-8) at byte {e.start}", file=path, line=line
-                    ) from None
-                if not text.strip():
-                    continue
-                try:
-                    d = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"invalid JSON: {e.msg}", file=path, line=line) from None
-                if not isinstance(d, dict):
-                    raise InputError("expected a JSON object per line", file=path, line=line)
-                for col in ("task_id", "response_id"):
-                    if d.get(col) in (None, ""):
-                        raise InputError("missing field", file=path, line=line, column=col)
-                scores_raw = d.get("scores")
-                if scores_raw is None and "score" in d:
-                    scores_raw = {"score": d["score"]}
-                if scores_raw is None:
-                    scores_raw = {}
-                if not isinstance(scores_raw, dict):
-                    raise InputError("'scores' must be an object", file=path, line=line, column="scores")
-                failed = d.get("status") == "failed"
-                scores = (
-                    {}
-                    if failed
-                    else {
-                        str(k): _int_score(v, path, line, f"scores.{k}")
-                        for k, v in scores_raw.items()
-                        if v is not None
-                    }
-                )
-                probs_raw = d.get("probs")
-                probs = None
-                if probs_raw:
-                    if not isinstance(probs_raw, dict):
-                        raise InputError("'probs' must be an object", file=path, line=line, column="probs")
-                    probs = {}
-                    for k, v in probs_raw.items():
-                        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                            raise InputError(
-                                f"probability must be a number in [0, 1], got {v!r}",
-                                file=path,
-                                line=line,
-                                column=f"probs.{k}",
-                            )
-                        probs[str(k)] = float(v)
-                add(
-                    Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line
-                )
+        for line, d in iter_jsonl(path):
+            for col in ("task_id", "response_id"):
+                if d.get(col) in (None, ""):
+                    raise InputError("missing field", file=path, line=line, column=col)
+            scores_raw = d.get("scores")
+            if scores_raw is None and "score" in d:
+                scores_raw = {"score": d["score"]}
+            if scores_raw is None:
+                scores_raw = {}
+            if not isinstance(scores_raw, dict):
+                raise InputError("'scores' must be an object", file=path, line=line, column="scores")
+            failed = d.get("status") == "failed"
+            scores = (
+                {}
+                if failed
+                else {
+                    str(k): _int_score(v, path, line, f"scores.{k}")
+                    for k, v in scores_raw.items()
+                    if v is not None
+                }
+            )
+            probs_raw = d.get("probs")
+            probs = None
+            if probs_raw:
+                if not isinstance(probs_raw, dict):
+                    raise InputError("'probs' must be an object", file=path, line=line, column="probs")
+                probs = {}
+                for k, v in probs_raw.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                        raise InputError(
+                            f"probability must be a number in [0, 1], got {v!r}",
+                            file=path,
+                            line=line,
+                            column=f"probs.{k}",
+                        )
+                    probs[str(k)] = float(v)
+            add(
+                Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line
+            )
         return out
     if suffix not in (".csv", ".tsv", ".tab"):
         raise InputError(f"unknown predictions file type '{suffix}' (use .jsonl or .csv/.tsv)", file=path)

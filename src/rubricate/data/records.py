@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from rubricate.data.jsonl import iter_jsonl
 from rubricate.errors import InputError
 
 
@@ -48,31 +49,20 @@ def write_records(records: Iterable[Record], path: str | Path) -> Path:
 def iter_records(path: str | Path) -> Iterator[Record]:
     """Read native JSONL records; errors name the file, line and field."""
     path = Path(path)
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"undecodable bytes (not UTF-8) at byte {e.start}", file=path, line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON: {e.msg}", file=path, line=lineno) from None
-            for col in ("response_id", "task_id", "text"):
-                if col not in d:
-                    raise InputError("missing field", file=path, line=lineno, column=col)
-            if not str(d["text"]).strip():
-                raise InputError("empty response text", file=path, line=lineno, column="text")
-            yield Record(
-                response_id=str(d["response_id"]),
-                task_id=str(d["task_id"]),
-                text=str(d["text"]),
-                labels={k: int(v) for k, v in (d.get("labels") or {}).items() if v is not None},
-                rater2={k: int(v) for k, v in d["rater2"].items()} if d.get("rater2") else None,
-                metadata=d.get("metadata") or {},
-            )
+    for lineno, d in iter_jsonl(path):
+        for col in ("response_id", "task_id", "text"):
+            if col not in d:
+                raise InputError("missing field", file=path, line=lineno, column=col)
+        if not str(d["text"]).strip():
+            raise InputError("empty response text", file=path, line=lineno, column="text")
+        yield Record(
+            response_id=str(d["response_id"]),
+            task_id=str(d["task_id"]),
+            text=str(d["text"]),
+            labels={k: int(v) for k, v in (d.get("labels") or {}).items() if v is not None},
+            rater2={k: int(v) for k, v in d["rater2"].items()} if d.get("rater2") else None,
+            metadata=d.get("metadata") or {},
+        )
 
 
 def read_records(path: str | Path) -> list[Record]:

@@ -28,6 +28,7 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
+from rubricate.data.jsonl import iter_jsonl
 from rubricate.errors import InputError
 
 AlignPolicy = Literal["strict", "ignore_extra", "allow_missing"]
@@ -86,49 +87,38 @@ def read_teacher_file(path: str | Path, label_names: dict[str, list[str]] | None
     """
     path = Path(path)
     out: dict[tuple[str, str], TeacherRow] = {}
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"undecodable bytes at byte {e.start}", file=path, line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON: {e.msg}", file=path, line=lineno) from None
-            for col in ("task_id", "response_id", "label_names"):
-                if col not in d:
-                    raise InputError("missing field", file=path, line=lineno, column=col)
-            if ("probs" in d) == ("logits" in d):
-                raise InputError("exactly one of 'probs' or 'logits' is required", file=path, line=lineno,
-                                 column="probs")
-            col = "probs" if "probs" in d else "logits"
-            values = d[col]
-            names = d["label_names"]
-            if not isinstance(values, list) or len(values) != len(names):
-                raise InputError(f"expected {len(names)} values (one per label name)", file=path, line=lineno,
-                                 column=col)
-            for v in values:
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                    raise InputError(f"non-numeric or non-finite value {v!r}", file=path, line=lineno, column=col)
-                if col == "probs" and not 0.0 <= v <= 1.0:
-                    raise InputError(f"probability {v} outside [0, 1]", file=path, line=lineno, column=col)
-            task_id, rid = str(d["task_id"]), str(d["response_id"])
-            if label_names is not None:
-                if task_id not in label_names:
-                    raise InputError(f"unknown task '{task_id}'", file=path, line=lineno, column="task_id")
-                if list(names) != list(label_names[task_id]):
-                    raise InputError(
-                        f"label_names {names} do not match the task's label encoding {label_names[task_id]}",
-                        file=path, line=lineno, column="label_names")
-            row = TeacherRow(task_id, rid, list(names), probs=d.get("probs"), logits=d.get("logits"),
-                             source=d.get("source", ""), extra=d.get("extra") or {})
-            if row.key in out:
-                raise InputError(f"duplicate row for task '{task_id}', response '{rid}'", file=path, line=lineno,
-                                 column="response_id")
-            out[row.key] = row
+    for lineno, d in iter_jsonl(path):
+        for col in ("task_id", "response_id", "label_names"):
+            if col not in d:
+                raise InputError("missing field", file=path, line=lineno, column=col)
+        if ("probs" in d) == ("logits" in d):
+            raise InputError("exactly one of 'probs' or 'logits' is required", file=path, line=lineno,
+                             column="probs")
+        col = "probs" if "probs" in d else "logits"
+        values = d[col]
+        names = d["label_names"]
+        if not isinstance(values, list) or len(values) != len(names):
+            raise InputError(f"expected {len(names)} values (one per label name)", file=path, line=lineno,
+                             column=col)
+        for v in values:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise InputError(f"non-numeric or non-finite value {v!r}", file=path, line=lineno, column=col)
+            if col == "probs" and not 0.0 <= v <= 1.0:
+                raise InputError(f"probability {v} outside [0, 1]", file=path, line=lineno, column=col)
+        task_id, rid = str(d["task_id"]), str(d["response_id"])
+        if label_names is not None:
+            if task_id not in label_names:
+                raise InputError(f"unknown task '{task_id}'", file=path, line=lineno, column="task_id")
+            if list(names) != list(label_names[task_id]):
+                raise InputError(
+                    f"label_names {names} do not match the task's label encoding {label_names[task_id]}",
+                    file=path, line=lineno, column="label_names")
+        row = TeacherRow(task_id, rid, list(names), probs=d.get("probs"), logits=d.get("logits"),
+                         source=d.get("source", ""), extra=d.get("extra") or {})
+        if row.key in out:
+            raise InputError(f"duplicate row for task '{task_id}', response '{rid}'", file=path, line=lineno,
+                             column="response_id")
+        out[row.key] = row
     return out
 
 
