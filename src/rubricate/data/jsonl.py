@@ -26,12 +26,19 @@ def iter_jsonl(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
             except UnicodeDecodeError as e:
                 raise InputError(f"undecodable bytes (not {encoding}) at byte {e.start}", file=path,
                                  line=lineno) from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON: {e.msg} (character {e.pos})", file=path, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=lineno)
-            yield lineno, obj
+            obj = parse_jsonl_line(line, path, lineno)
+            if obj is not None:
+                yield lineno, obj
+
+
+def parse_jsonl_line(line: str, path: str | Path, lineno: int) -> dict[str, Any] | None:
+    """One decoded line -> its JSON object (None for a blank line); errors name the file and line."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"invalid JSON: {e.msg} (character {e.pos})", file=path, line=lineno) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=lineno)
+    return obj

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 from rubricate.data.records import Record
+from rubricate.data.jsonl import parse_jsonl_line
 from rubricate.errors import InputError
 from rubricate.tasks import TaskRegistry
 
@@ -119,15 +119,9 @@ def _read_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]
     data = path.read_bytes()
     text = _decode(path, data, encoding)
     for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"invalid JSON: {e.msg} (character {e.pos})", file=path, line=lineno) from None
-        if not isinstance(obj, dict):
-            raise InputError(f"expected a JSON object, got {type(obj).__name__}", file=path, line=lineno)
-        yield lineno, obj
+        obj = parse_jsonl_line(line, path, lineno)
+        if obj is not None:
+            yield lineno, obj
 
 
 def _read_parquet(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
