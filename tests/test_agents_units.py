@@ -18,7 +18,7 @@ from rubricate.agents.schemas import (
     OutputError, agent_components, extraction_model, feedback_model, json_schema, parse_output, score_model,
     scores_from,
 )
-from rubricate.agents.templates import AGENTS, build_messages
+from rubricate.agents.templates import AGENTS, build_messages, render_format
 from rubricate.agents.io import read_responses
 from rubricate.errors import InputError
 from rubricate.tasks import TaskRegistry, task_from_dict
@@ -71,9 +71,22 @@ def test_prompts_include_every_rubric_element(task):
                 assert marker in user
         if agent in ("score", "verify", "feedback"):
             assert '"position"' in user  # the extraction is passed on
-        assert json.dumps(schema) in msgs[0]["content"]
+        assert render_format(schema) in msgs[0]["content"]  # the reply skeleton, not the raw schema
+        assert '"additionalProperties"' not in msgs[0]["content"]
         # the response comes after the fixed parts (prefix caching)
         assert user.index("RESPONSE-MARKER") > user.index("NOTES-MARKER")
+
+
+def test_reply_skeleton_names_every_key_and_range(task):
+    ext = render_format(json_schema(extraction_model(task)))
+    for comp in ["position", "n_reasons", "examples", "summary"]:
+        assert f'"{comp}": {{' in ext
+    assert ext.count('"evidence": ["<words copied exactly from the response>", ...]') == 4
+    assert "<true or false>" in ext and "<whole number >= 0>" in ext
+    sc = render_format(json_schema(score_model(task)))
+    assert '"rationale": "<one or two sentences>"' in sc
+    assert "<one of 1, 2, 3, 4>" in sc and "<one of 0, 1, 2>" in sc
+    assert "items" not in ext + sc and "Evidence" not in ext  # nothing a small model could copy as an answer
 
 
 def test_task_prompt_override(tmp_path):

@@ -2,7 +2,12 @@
 
 A template is markdown with ``$placeholders`` (``string.Template``: braces in rubric text are safe) and
 one line ``<<<user>>>`` that separates the system message from the user message. Placeholders:
-``$question $context_block $rubric $components $response $extraction $score $schema $max_words``.
+``$question $context_block $rubric $components $response $extraction $score $format $schema $max_words``.
+
+``$format`` is a fill-in skeleton of the reply (``{"x": {"evidence": ["<exact words ...>"], "value": <true
+or false>}}``) and ``$schema`` the raw JSON schema. The packaged templates use ``$format``: models of a
+few hundred million parameters copy schema keywords (``"items"``, ``"Evidence"``) into their answers when
+shown a JSON schema, and constrained decoding enforces the schema anyway.
 
 The fixed parts (instructions, question, passage, rubric) come first and the response-specific parts
 last, so that a backend with prefix caching (llama.cpp) evaluates the long shared prefix only once.
@@ -73,6 +78,41 @@ def render_scores(scores: dict[str, int]) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in scores.items())
 
 
+#: Placeholder text for strings in the reply skeleton, by property name (others get ``<text>``).
+STRING_HINTS = {"evidence": "<words copied exactly from the response>", "rationale": "<one or two sentences>",
+                "feedback": "<feedback to the student>", "corrections": "<component: what you changed>"}
+
+
+def render_format(schema: dict[str, Any] | None, indent: int = 0, key: str | None = None) -> str:
+    """A fill-in skeleton of the JSON reply that ``schema`` describes (a hint for the model, not JSON)."""
+    if not schema:
+        return ""
+    pad = "  " * indent
+    kind = schema.get("type")
+    if "enum" in schema:
+        return "<one of " + ", ".join(json.dumps(v) for v in schema["enum"]) + ">"
+    if "anyOf" in schema:
+        return " or ".join(render_format(s, indent, key) for s in schema["anyOf"])
+    if kind == "object":
+        props = schema.get("properties", {})
+        lines = [f'{pad}  "{k}": {render_format(v, indent + 1, k)}' for k, v in props.items()]
+        return "{\n" + ",\n".join(lines) + f"\n{pad}}}"
+    if kind == "array":
+        return "[" + render_format(schema.get("items", {}), indent, key) + ", ...]"
+    if kind == "string":
+        return json.dumps(STRING_HINTS.get(key or "", "<text>"))
+    if kind == "boolean":
+        return "<true or false>"
+    if kind == "integer":
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if lo is not None and hi is not None:
+            return f"<whole number from {lo} to {hi}>"
+        return f"<whole number >= {lo}>" if lo is not None else "<whole number>"
+    if kind == "number":
+        return "<number>"
+    return "<value>"
+
+
 def build_messages(agent: str, task: Task, response: str, *, schema: dict[str, Any] | None = None,
                    extraction: dict[str, Any] | None = None, scores: dict[str, int] | None = None,
                    max_words: int = 80) -> list[Message]:
@@ -86,6 +126,7 @@ def build_messages(agent: str, task: Task, response: str, *, schema: dict[str, A
         "components": render_components(task), "response": response.strip(),
         "extraction": json.dumps(extraction, ensure_ascii=False, indent=1) if extraction is not None else "",
         "score": render_scores(scores or {}), "schema": json.dumps(schema, ensure_ascii=False) if schema else "",
+        "format": render_format(schema),
         "max_words": str(max_words),
     }
     try:
