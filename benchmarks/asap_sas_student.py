@@ -206,8 +206,12 @@ class Bench:
         ck = self.out / "runs" / method
 
         def run() -> dict[str, Any]:
-            res = train(self.args(method, ck, task_ids=BASE), registry=self.registry,
-                        train_records=self.rows("train", BASE), val_records=self.rows("validation", BASE))
+            # Individual: one checkpoint per task, each kept once trained (a rerun trains only missing ones)
+            todo = [t for t in BASE if not (ck / t / "config.json").exists()] if method == "individual" else BASE
+            res = None
+            if todo:
+                res = train(self.args(method, ck, task_ids=todo), registry=self.registry,
+                            train_records=self.rows("train", todo), val_records=self.rows("validation", todo))
             test = self.rows("test", BASE)
             if method == "individual":
                 preds = []
@@ -220,9 +224,17 @@ class Bench:
                     for p in preds:
                         f.write(json.dumps(p.to_dict()) + "\n")
             m = self.evaluate(test, preds, method)
-            m["train"] = {k: v for k, v in res.metrics.items() if k not in ("val", "per_task")}
-            m["val_mean_agreement"] = (res.metrics.get("val") or {}).get("mean_agreement",
-                                                                         res.metrics.get("val_mean_agreement"))
+            if method == "individual":
+                docs = {t: json.loads((ck / t / "config.json").read_text())["metrics"] for t in BASE}
+                m["train"] = {"method": method, "retrained": todo,
+                              "per_task": {t: {k: d.get(k) for k in ("steps", "stopped_early", "best_val_mean_agreement")}
+                                           for t, d in docs.items()}}
+                m["val_mean_agreement"] = float(np.mean([d["best_val_mean_agreement"] or 0.0 for d in docs.values()]))
+            else:
+                assert res is not None
+                m["train"] = {k: v for k, v in res.metrics.items() if k not in ("val", "per_task")}
+                m["val_mean_agreement"] = (res.metrics.get("val") or {}).get("mean_agreement",
+                                                                             res.metrics.get("val_mean_agreement"))
             return m
 
         return self.step(method, run)

@@ -139,3 +139,18 @@ def test_load_balancing_loss_matches_hand_computation() -> None:
 def test_tiny_tokenizer_covers_any_word(tmp_path) -> None:
     tok = make_tiny_tokenizer(tmp_path)
     assert tok.unk_token not in tok.tokenize("Photosynthesis 42 xyz!")
+
+
+def test_early_stopping_waits_for_a_signal_then_counts_patience() -> None:
+    from rubricate.student.trainer import EarlyStopping
+
+    es = EarlyStopping(patience=2, floor=0.0)
+    # a collapsed start (constant predictions: kappa 0) is not overfitting: never stopped there
+    assert [es.update(v) for v in (0.0, 0.0, 0.0, 0.0)] == [(True, False)] + [(False, False)] * 3
+    assert es.update(0.4) == (True, False)
+    assert es.update(0.3) == (False, False)
+    assert es.update(0.4) == (False, True)  # a tie is not an improvement; 2 bad evaluations -> stop
+    assert es.best == 0.4
+    old = EarlyStopping(patience=2, floor=-math.inf)  # the plain rule, for comparison
+    assert [old.update(v)[1] for v in (0.0, 0.0, 0.0)] == [False, False, True]
+    assert EarlyStopping(patience=1).update(float("nan")) == (False, False)

@@ -192,3 +192,29 @@ def test_shipped_recipes_parse_and_unknown_keys_name_the_file(repo_root: Path, t
         TrainingArguments.from_yaml(bad)
     overridden = TrainingArguments.from_yaml(repo_root / "recipes" / "mtl.yaml", {"epochs": 1})
     assert overridden.epochs == 1 and not overridden.use_moe
+
+
+def test_mpnet_architecture_trains_round_trips_and_exports(tmp_path) -> None:
+    """all-mpnet-base-v2's architecture (no token-type ids, relative positions) works end to end."""
+    pytest.importorskip("onnxruntime")
+    from rubricate.student.export import export_checkpoint
+
+    enc = make_tiny_encoder(tmp_path / "mpnet", arch="mpnet")
+    assert json.loads((enc / "config.json").read_text())["model_type"] == "mpnet"
+    args = TrainingArguments(encoder=str(enc), method="unimoe", output_dir=str(tmp_path / "ck"), epochs=1,
+                             batch_size=16, lr_encoder=1e-3, lr_new=3e-3, progress=False, seed=3)
+    tr = tiny_records("tiny-ord", 40) + tiny_records("tiny-crit", 40)
+    va = tiny_records("tiny-ord", 16, seed=1, prefix="v") + tiny_records("tiny-crit", 16, seed=1, prefix="v")
+    res = train(args, registry=tiny_tasks(), train_records=tr, val_records=va)
+    ck = res.checkpoint_dir
+    assert json.loads((Path(ck) / "config.json").read_text())["model"]["encoder_config"]["model_type"] == "mpnet"
+    texts, tids = ["acid rain and the", "cell energy more"], ["tiny-ord", "tiny-crit"]
+    a = Scorer.from_pretrained(ck, backend="torch").predict(tids, texts)
+    b = Scorer.from_pretrained(ck, backend="torch").predict(tids, texts)
+    assert [p.probs for p in a] == [p.probs for p in b]
+    rep = export_checkpoint(ck, int8=False)
+    assert rep.passed and rep.max_abs_dprob_fp32 <= 1e-4
+    c = Scorer.from_pretrained(ck, backend="onnx").predict(tids, texts)
+    for p, q in zip(a, c):
+        assert p.scores == q.scores
+        assert max(abs(p.probs[k] - q.probs[k]) for k in p.probs) <= 1e-4

@@ -85,7 +85,6 @@ def predict(
 
     console = Console(stderr=True)
     scorer = Scorer.from_pretrained(model, backend=backend, quantize=int8, num_threads=threads)  # type: ignore[arg-type]
-    _set_threads(scorer, threads)
     opts = PredictOptions(chunk_size=chunk_size, batch_size=batch_size, review_confidence=review_confidence,
                           task_column=task_column, text_column=text_column, id_column=id_column, task=task,
                           input_format=input_format, output_format=output_format, overwrite=overwrite,
@@ -99,14 +98,6 @@ def predict(
         console.print(f"[yellow]{s.problems} row(s) with problems were not scored; see {s.errors}[/yellow]")
         for p in s.problem_examples:
             console.print(f"  line {p['line']}: {p['field']}: {p['error']}")
-
-
-def _set_threads(scorer, threads: int | None) -> None:
-    """ONNX Runtime sessions are created with all cores; rebuild with ``threads`` when asked."""
-    if threads and getattr(scorer, "engine", None) is not None:
-        from rubricate.student.export import OnnxEngine
-
-        scorer.engine = OnnxEngine(scorer.engine.path, intra_op_threads=threads)
 
 
 def serve(
@@ -132,15 +123,9 @@ def serve(
 
     settings = load_settings(config, model_dir=model, tasks_dir=tasks, database_url=db, host=host, port=port,
                              backend=backend, quantize=int8, agents_backend=agents_backend,
-                             review_confidence=review_confidence)
+                             review_confidence=review_confidence, threads=threads)
     settings.check_binding()
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    scorer = load_scorer(settings)
-    if scorer is not None:
-        _set_threads(scorer, threads)
+    scorer = load_scorer(settings)  # threads go to ONNX Runtime or torch; the ONNX path never imports torch
     app = create_app(settings, scorer=scorer)
     mode = "bearer tokens" if settings.tokens else "local-only (no tokens; bound to loopback)"
     typer.echo(f"rubricate serving on http://{settings.host}:{settings.port} ({mode}); database "

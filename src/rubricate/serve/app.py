@@ -119,7 +119,8 @@ def load_scorer(settings: ServeSettings) -> ScorerLike | None:
         return None
     from rubricate.student.scorer import Scorer
 
-    return Scorer.from_pretrained(settings.model_dir, backend=settings.backend, quantize=settings.quantize)
+    return Scorer.from_pretrained(settings.model_dir, backend=settings.backend, quantize=settings.quantize,
+                                  num_threads=settings.threads)
 
 
 def make_agent_runner(spec: str) -> AgentRunner:

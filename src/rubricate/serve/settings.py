@@ -26,6 +26,8 @@ class ServeSettings(BaseModel):
     tasks_dir: Path | None = Field(None, description="Task files; default: the tasks stored in the checkpoint.")
     backend: str = Field("auto", description="Student backend: auto (ONNX when exported) | torch | onnx.")
     quantize: bool = Field(False, description="torch backend: dynamic int8 quantization.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the student (ONNX Runtime intra-op or "
+                                                         "torch); None = the runtime's default (all cores).")
     database_url: str = Field("sqlite:///rubricate.db", description="SQLAlchemy URL; SQLite file or PostgreSQL.")
     tokens: list[str] = Field(default_factory=list,
                               description="Bearer tokens accepted by the API; empty = local-only mode "

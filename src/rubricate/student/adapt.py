@@ -69,6 +69,7 @@ class AdaptArguments:
     evals_per_epoch: int = 1
     early_stopping_patience: int = 3
     min_delta: float = 0.0
+    early_stopping_floor: float = 0.0  #: as in TrainingArguments: no patience while the new task is at chance
     threshold: float = DEFAULT_THRESHOLD
     cache_encoder: bool = True
     seed: int = 42

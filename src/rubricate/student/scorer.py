@@ -99,7 +99,7 @@ class Scorer:
                 raise FileNotFoundError(f"no ONNX export at {onnx_file} (run `rubricate export` first)")
             from rubricate.student.export import LightTokenizer, OnnxEngine
 
-            engine = OnnxEngine(onnx_file)
+            engine = OnnxEngine(onnx_file, intra_op_threads=num_threads)
             # The ONNX path stays torch-free (transformers' AutoTokenizer imports torch: ~200 MB RSS);
             # LightTokenizer reads the same tokenizer.json and gives identical ids (tests/test_export.py).
             if (d / "tokenizer.json").exists():

@@ -35,17 +35,27 @@ def make_tiny_tokenizer(out_dir: str | Path):
 
 
 def make_tiny_encoder(out_dir: str | Path, hidden: int = 32, layers: int = 2, heads: int = 2,
-                      seed: int = 0) -> Path:
-    """Write a random BERT encoder (hidden 32, 2 layers by default) plus tokenizer to ``out_dir``."""
+                      seed: int = 0, arch: str = "bert") -> Path:
+    """Write a random encoder (hidden 32, 2 layers by default) plus tokenizer to ``out_dir``.
+
+    ``arch``: ``"bert"`` (MiniLM's architecture) or ``"mpnet"`` (all-mpnet-base-v2's: relative position
+    buckets and no token-type embeddings, so it catches code that assumes BERT's inputs).
+    """
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
 
     out = Path(out_dir)
     tok = make_tiny_tokenizer(out)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                     intermediate_size=hidden * 2, max_position_embeddings=256)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(str(out))
+    common = dict(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  intermediate_size=hidden * 2, max_position_embeddings=256)
+    if arch == "bert":
+        BertModel(BertConfig(**common), add_pooling_layer=False).save_pretrained(str(out))
+    elif arch == "mpnet":
+        MPNetModel(MPNetConfig(**common, pad_token_id=tok.pad_token_id), add_pooling_layer=False
+                   ).save_pretrained(str(out))
+    else:
+        raise ValueError(f"unknown tiny encoder architecture {arch!r} (bert, mpnet)")
     return out
 
 

@@ -102,6 +102,24 @@ def load_balancing_loss(gate_weights: torch.Tensor) -> torch.Tensor:
     return ((alpha_bar - 1.0 / m) ** 2).mean(dim=-1).mean()
 
 
+class EarlyStopping:
+    """Best-so-far tracking with patience; patience starts counting once the best exceeds ``floor``."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0, floor: float = -math.inf) -> None:
+        self.patience, self.min_delta, self.floor = patience, min_delta, floor
+        self.best = -math.inf
+        self.bad_evals = 0
+
+    def update(self, value: float) -> tuple[bool, bool]:
+        """(improved, stop) after one evaluation; NaN never improves."""
+        if value > self.best + self.min_delta:
+            self.best, self.bad_evals = value, 0
+            return True, False
+        if self.best > self.floor:
+            self.bad_evals += 1
+        return False, self.bad_evals >= self.patience
+
+
 # --------------------------------------------------------------------------------------------------------
 # Arguments (= recipe keys)
 # --------------------------------------------------------------------------------------------------------
@@ -153,7 +171,11 @@ class TrainingArguments:
     # early stopping / decoding
     evals_per_epoch: int = 1
     early_stopping_patience: int = 2  #: evaluations without improvement before stopping
-    min_delta: float = 0.0
+    min_delta: float = 0.0  #: an evaluation improves only if it beats the best by more than this
+    #: patience counts only once the best validation agreement exceeds this floor. Mean QWK / kappa of
+    #: constant predictions is 0: a model still at chance has not started to overfit, and stopping it
+    #: then returns a constant scorer (ASAP-SAS set 3, Individual, stopped at 1.5 epochs with kappa 0).
+    early_stopping_floor: float = 0.0
     threshold: float = DEFAULT_THRESHOLD  #: decision threshold on each label probability
     progress: bool = True
 
@@ -425,10 +447,9 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     eval_every = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
     params = [p for g in groups for p in g["params"]]
 
-    best = -math.inf
+    stopper = EarlyStopping(args.early_stopping_patience, args.min_delta, args.early_stopping_floor)
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
-    bad_evals = 0
     step = 0
     t0 = time.time()
     last_val = float("nan")
@@ -472,15 +493,12 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                                     "val_mean_agreement": last_val, "val_per_task": res.get("per_task", {}),
                                     "seconds": time.time() - t0})
                     bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
-                    if last_val > best + args.min_delta:
-                        best = last_val
+                    improved, stop = stopper.update(last_val)
+                    if improved:
                         best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-                        bad_evals = 0
-                    else:
-                        bad_evals += 1
-                        if bad_evals >= args.early_stopping_patience:
-                            stopped_early = True
-                            break
+                    elif stop:
+                        stopped_early = True
+                        break
                 if step >= total:
                     break
     finally:
@@ -488,7 +506,7 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return {"history": history, "best_val_mean_agreement": best if best_state is not None else None,
+    return {"history": history, "best_val_mean_agreement": stopper.best if best_state is not None else None,
             "steps": step, "seconds": time.time() - t0, "stopped_early": stopped_early,
             "n_train": len(train_set)}
 
