@@ -154,7 +154,7 @@ def make_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    markers = {"single": "o", "multi": "s"}
+    markers = {"single": "o", "multi": "s", "multi-spans": "^"}
     for (model, mode), agg in aggregate(rows).items():
         ax.scatter(agg["sec"], 0.0 if math.isnan(agg["qwk"]) else agg["qwk"], marker=markers.get(mode, "x"), s=60,
                    label=f"{model} {mode}")
@@ -177,7 +177,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("RUBRICATE_SHARED_DATA", REPO.parent / "shared" / "data")))
     ap.add_argument("--tasks", type=Path, default=REPO / "tasks")
     ap.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3 or GGUF paths")
-    ap.add_argument("--modes", default="single,multi")
+    ap.add_argument("--modes", default="single,multi,multi-spans",
+                    help="single, multi, multi-spans (evidence restricted to the response's sentences)")
     ap.add_argument("--sets", default="sas2,sas5,sas9,aes1")
     ap.add_argument("--limit", type=int, default=None, help="responses per set (default: all 100)")
     ap.add_argument("--samples", type=int, default=1, help="self-consistency samples of the scoring step")
@@ -208,8 +209,11 @@ def main() -> None:
     for model in [m for m in args.models.split(",") if m]:
         backend = make_backend("local", model=model, n_ctx=args.n_ctx)
         for mode in [m for m in args.modes.split(",") if m]:
-            cfg = PipelineConfig(mode=mode, samples=args.samples, rationale_chars=args.rationale_chars,  # type: ignore[arg-type]
+            # "multi-spans": the multi-agent pipeline with quotes restricted to the response's sentences
+            base_mode, _, ev = mode.partition("-")
+            cfg = PipelineConfig(mode=base_mode, samples=args.samples, rationale_chars=args.rationale_chars,  # type: ignore[arg-type]
                                  max_quotes=args.max_quotes, quote_chars=args.quote_chars, length_growth=1.0,
+                                 evidence=ev or "free",  # type: ignore[arg-type]
                                  max_tokens={"extract": args.extract_tokens})
             for s in sets:
                 out = args.out_dir / backend.model / mode / f"{s}.jsonl"

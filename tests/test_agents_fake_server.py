@@ -394,3 +394,15 @@ def test_registry_with_several_tasks(fake_server):
     recs = [rec("a", "valid"), Record("a", "gas2", "A and D MARK:valid ID:a2")]
     res = score_responses(reg, recs, backend(fake_server))
     assert [(r.task_id, r.status) for r in res] == [("gas", "ok"), ("gas2", "ok")]
+
+
+def test_span_evidence_restricts_quotes_to_the_response(fake_server):
+    from rubricate.agents.schemas import response_spans
+
+    r_text = "Gas A and D have the same density. B and C differ, so they are different gases"
+    [r] = run(fake_server, [rec("s1", "valid", r_text)], PipelineConfig(evidence="spans"))
+    assert r.status == "ok" and r.grounding_rate == 1.0
+    sent = fake_server.requests[0]["response_format"]["json_schema"]["schema"]
+    enum = sent["properties"]["names_a_d"]["properties"]["evidence"]["items"]["enum"]
+    assert enum == response_spans(rec("s1", "valid", r_text).text, PipelineConfig().quote_chars)
+    assert all(q in enum for c in r.components.values() for q in c.evidence)

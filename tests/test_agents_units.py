@@ -292,3 +292,34 @@ def test_components_reliability_cli(tmp_path):
     assert rep["components"]["position"]["accuracy"] == pytest.approx(0.75)
     assert rep["components"]["position"]["kappa"] == pytest.approx(0.5)
     assert "position" in res.output
+
+
+def test_response_spans_cut_sentences_then_clauses_then_words():
+    from rubricate.agents.schemas import response_spans
+
+    text = "Gas A and D match.  They have the same density!^pB is different, C is too; both boil lower. " + \
+        "word " * 60
+    spans = response_spans(text, max_chars=40)
+    assert spans[:2] == ["Gas A and D match.", "They have the same density!"]  # sentence ends and ^p marks
+    assert all(len(s) <= 40 for s in spans) and all(s in text for s in spans)
+    assert "B is different," in spans and "C is too;" in spans  # the long sentence was cut at clauses
+    assert spans.count("word word word word word word word word") <= 1  # duplicates dropped
+    assert response_spans("") == [] and len(response_spans("a. " * 500, max_spans=7)) <= 7
+
+
+def test_span_evidence_schema_only_accepts_the_responses_words(task):
+    from rubricate.agents.schemas import response_spans
+
+    text = "Schools should not. Phones distract students, and they cheat."
+    spans = response_spans(text)
+    m = extraction_model(task, evidence_spans=spans)
+    s = json_schema(m)
+    assert s["properties"]["position"]["properties"]["evidence"]["items"]["enum"] == spans
+    ok = {"position": {"evidence": [spans[0]], "value": True}, "n_reasons": {"evidence": [], "value": 1},
+          "examples": {"evidence": [], "value": []}, "summary": {"evidence": [spans[1]], "value": "x"}}
+    parse_output(json.dumps(ok), m)
+    bad = dict(ok, position={"evidence": ["Schools should ban phones."], "value": True})
+    with pytest.raises(OutputError, match="position.evidence"):
+        parse_output(json.dumps(bad), m)
+    # the prompt does not change with the response's spans (the shared prefix stays cacheable)
+    assert render_format(s) == render_format(json_schema(extraction_model(task)))

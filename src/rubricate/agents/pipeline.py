@@ -36,7 +36,7 @@ from rubricate.agents.cache import RequestCache, ResultsFile, read_latest
 from rubricate.agents.templates import build_messages
 from rubricate.agents.schemas import (
     OutputError, agent_components, extraction_model, feedback_model, json_schema, parse_output, score_keys,
-    score_model, scores_from, verify_model,
+    response_spans, score_model, scores_from, verify_model,
 )
 from rubricate.data.records import Record
 from rubricate.errors import InputError
@@ -111,6 +111,9 @@ class PipelineConfig:
     a reply cut off by ``max_tokens`` is retried with ``length_growth`` times more tokens).
     ``rationale_chars``: cap of the scoring rationale (0 = no rationale: fastest).
     ``max_quotes``/``quote_chars``/``list_items``: decoding caps of the extraction (see schemas.py).
+    ``evidence``: ``"free"`` lets the model write its quotes (then checked: the grounding rate);
+    ``"spans"`` restricts every quote to a sentence or clause of the response through the output
+    schema, so constrained decoders (llama.cpp, OpenAI strict) can only quote the student's words.
     ``prices``: model name -> (USD per 1M input tokens, USD per 1M output tokens); cost is None without it.
     ``logprobs``: ask for token log-probabilities to build the score distribution (when samples == 1).
     """
@@ -130,6 +133,7 @@ class PipelineConfig:
     max_quotes: int = 3
     quote_chars: int = 200
     list_items: int = 6
+    evidence: Literal["free", "spans"] = "free"
     feedback_words: int = 80
     logprobs: bool = False
     prices: dict[str, tuple[float, float]] | None = None
@@ -141,6 +145,8 @@ class PipelineConfig:
             raise ValueError(f"scoring must be 'llm' or 'rules', got {self.scoring!r}")
         if self.scoring == "rules" and self.mode == "single":
             raise ValueError("scoring='rules' needs the extraction agent (mode='multi')")
+        if self.evidence not in ("free", "spans"):
+            raise ValueError(f"evidence must be 'free' or 'spans', got {self.evidence!r}")
         if self.samples < 1 or self.max_attempts < 1:
             raise ValueError("samples and max_attempts must be >= 1")
         self.max_tokens = {**DEFAULT_MAX_TOKENS, **self.max_tokens}
@@ -364,16 +370,22 @@ class AgentPipeline:
             res.score = self._primary(res.scores)
             extraction = None
         else:
-            schema = json_schema(self.extract_model)
-            parsed, _ = self._call("extract", build_messages("extract", task, text, schema=schema), self.extract_model,
+            extract_model, verify_model_ = self.extract_model, self.verify_model
+            spans = response_spans(text, c.quote_chars) if c.evidence == "spans" else []
+            if spans:  # per-response schemas: quotes restricted to the response's own sentences / clauses
+                kw = dict(max_quotes=c.max_quotes, quote_chars=c.quote_chars, list_items=c.list_items,
+                          evidence_spans=spans)
+                extract_model, verify_model_ = extraction_model(task, **kw), verify_model(task, **kw)
+            schema = json_schema(extract_model)
+            parsed, _ = self._call("extract", build_messages("extract", task, text, schema=schema), extract_model,
                                    res, temperature=c.temperature, seed=c.seed)
             extraction = parsed.model_dump()
             if c.verify:
-                vschema = json_schema(self.verify_model)
+                vschema = json_schema(verify_model_)
                 try:
                     vparsed, _ = self._call("verify", build_messages("verify", task, text, schema=vschema,
                                                                      extraction=extraction),
-                                            self.verify_model, res, temperature=c.temperature, seed=c.seed)
+                                            verify_model_, res, temperature=c.temperature, seed=c.seed)
                     vd = vparsed.model_dump()
                     res.corrections = vd["corrections"]
                     extraction = vd["components"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
@@ -65,19 +65,58 @@ def _value_type(comp: Component, max_items: int, max_chars: int) -> tuple[Any, A
     return str, Field(..., json_schema_extra={"maxLength": max_chars})
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*(?:\^p|\n)+\s*")
+_CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
+
+
+def response_spans(text: str, max_chars: int = 200, max_spans: int = 80) -> list[str]:
+    """The response cut into quotable spans: sentences, split at clause punctuation (and then between
+    words) when longer than ``max_chars``; duplicates dropped, order kept, at most ``max_spans``.
+
+    With ``evidence="spans"`` the extraction schema restricts every quote to one of these, so a
+    constrained decoder can only copy the student's words (grounding 1.0 by construction).
+    """
+    out: list[str] = []
+
+    def add(piece: str) -> None:
+        piece = piece.strip()
+        if piece and piece not in out:
+            out.append(piece)
+
+    for sent in _SENTENCE_END.split(text):
+        if len(sent.strip()) <= max_chars:
+            add(sent)
+            continue
+        for clause in _CLAUSE_END.split(sent):
+            words, cur = clause.split(), ""
+            for w in words:
+                if cur and len(cur) + 1 + len(w) > max_chars:
+                    add(cur)
+                    cur = w
+                else:
+                    cur = f"{cur} {w}" if cur else w
+            add(cur[:max_chars])
+    return out[:max_spans]
+
+
 def extraction_model(task: Task, *, max_quotes: int = 3, quote_chars: int = 200,
-                     list_items: int = 6) -> type[BaseModel]:
+                     list_items: int = 6, evidence_spans: Sequence[str] | None = None) -> type[BaseModel]:
     """Pydantic model of the extraction agent's output for ``task``.
 
     ``max_quotes`` / ``quote_chars`` cap the evidence per component and the length of one quote;
     ``list_items`` caps ``list`` components (decoding aids: a small model otherwise rambles).
+    ``evidence_spans`` (see :func:`response_spans`) restricts each quote to one of these strings.
     """
     fields: dict[str, Any] = {}
+    if evidence_spans:
+        quote: Any = Literal[tuple(evidence_spans)]  # type: ignore[valid-type]
+    else:
+        quote = Annotated[str, Field(json_schema_extra={"maxLength": quote_chars})]
     for comp in agent_components(task):
         vtype, vfield = _value_type(comp, list_items, quote_chars)
         item = create_model(
             f"Component_{comp.id}", __base__=_Lenient,
-            evidence=(list[Annotated[str, Field(json_schema_extra={"maxLength": quote_chars})]],
+            evidence=(list[quote],  # type: ignore[valid-type]
                       Field(..., description="Exact quotes from the response.",
                             json_schema_extra={"maxItems": max_quotes})),
             value=(vtype, vfield),

@@ -90,6 +90,8 @@ def render_format(schema: dict[str, Any] | None, indent: int = 0, key: str | Non
     pad = "  " * indent
     kind = schema.get("type")
     if "enum" in schema:
+        if key in STRING_HINTS:  # evidence restricted to the response's spans: not listed (prefix caching)
+            return json.dumps(STRING_HINTS[key])
         return "<one of " + ", ".join(json.dumps(v) for v in schema["enum"]) + ">"
     if "anyOf" in schema:
         return " or ".join(render_format(s, indent, key) for s in schema["anyOf"])

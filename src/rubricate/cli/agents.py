@@ -37,6 +37,8 @@ def score(
     logprobs: bool = typer.Option(False, "--logprobs", help="Keep token log-probabilities of the score (teacher bridge)."),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Parse/validate attempts per agent call."),
     rationale_chars: int = typer.Option(300, "--rationale-chars", help="Cap of the scoring rationale; 0 = none."),
+    evidence: str = typer.Option("free", "--evidence", help="free (the model writes quotes; grounding is checked) | "
+                                                           "spans (quotes restricted to the response's sentences)."),
     concurrency: int = typer.Option(4, "--concurrency", "-j", help="Responses in flight (the local backend runs 1)."),
     timeout: float = typer.Option(60.0, "--timeout", help="openai: seconds per request."),
     max_retries: int = typer.Option(4, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
@@ -73,7 +75,7 @@ def score(
     config = PipelineConfig(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
                             feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
                             temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
-                            rationale_chars=rationale_chars, prices=prices)
+                            rationale_chars=rationale_chars, evidence=evidence, prices=prices)
     cache = RequestCache(cache_dir or default_cache_dir(), enabled=not no_cache)
     results = score_responses(registry, records, llm, config, cache=cache, output=output, resume=not no_resume,
                               concurrency=concurrency, progress=True)
