@@ -188,6 +188,14 @@ async def _load(port: int, items: list[dict[str, str]], concurrency: int, n: int
             "requests_per_s": round(n / wall, 1)}
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def bench_server(cmd: list[str], port: int, work: Path, items: list[dict[str, str]], name: str,
                  plan: dict[int, int]) -> dict[str, Any]:
     log = work / f"server-{name}.log"
@@ -200,11 +208,7 @@ def bench_server(cmd: list[str], port: int, work: Path, items: list[dict[str, st
             print(f"  {name} c={conc}: {out[f'c{conc}']}", flush=True)
         out["peak_rss_mb"] = round(_vm_hwm_mb(proc.pid), 1)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     return out
 
 
@@ -217,11 +221,7 @@ def server_memory(cmd: list[str], port: int, work: Path, items: list[dict[str, s
             asyncio.run(_load(port, items, 8, warm, f"{name}-mem", 120))
         return {"load_s": round(load_s, 2), "peak_rss_mb": round(_vm_hwm_mb(proc.pid), 1)}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 # --------------------------------------------------------------------------------------------------------
