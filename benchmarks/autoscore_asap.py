@@ -223,7 +223,13 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         del backend
-    (args.out_dir / "summary.json").write_text(json.dumps(rows, indent=1))
+    # rows of earlier invocations on the same out-dir are kept (same model/mode/set: this run's row wins),
+    # so a benchmark can be built up in parts, e.g. one model at a time
+    summary = args.out_dir / "summary.json"
+    done = {(r["model"], r["mode"], r["set"]) for r in rows}
+    if summary.exists():
+        rows = [r for r in json.loads(summary.read_text()) if (r["model"], r["mode"], r["set"]) not in done] + rows
+    summary.write_text(json.dumps(rows, indent=1))
     plot = make_plot(rows, args.plot)
     write_doc(rows, args, plot, time.perf_counter() - t0)
     print(f"wrote {args.doc} and {plot}")

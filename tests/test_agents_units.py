@@ -323,3 +323,18 @@ def test_span_evidence_schema_only_accepts_the_responses_words(task):
         parse_output(json.dumps(bad), m)
     # the prompt does not change with the response's spans (the shared prefix stays cacheable)
     assert render_format(s) == render_format(json_schema(extraction_model(task)))
+
+
+def test_spans_and_schemas_never_carry_what_breaks_llama_cpp_grammars():
+    """A '"' inside an enum string made llama.cpp's grammar unparsable and crashed the process (segfault);
+    a backslash made the model write a different string. Spans cut there; the backend refuses such schemas."""
+    from rubricate.agents.backends import _grammar_unsafe_literals
+    from rubricate.agents.schemas import response_spans
+
+    spans = response_spans('He wrote "computers help" and a back\\slash. Don\'t stop.')
+    assert spans == ["He wrote", "computers help", "and a back", "slash.", "Don't stop."]
+    assert not any('"' in s or "\\" in s for s in spans)
+    schema = {"type": "object", "properties": {"a": {"enum": ['say "hi"', "ok"]}, "b": {"const": "c\\d"},
+                                               "c": {"type": "array", "items": {"enum": ["fine"]}}}}
+    assert _grammar_unsafe_literals(schema) == ['say "hi"', "c\\d"]
+    assert _grammar_unsafe_literals({"enum": ["it's", "café ’x’", "{[ ]}"]}) == []

@@ -358,6 +358,10 @@ class LlamaCppBackend:
 
         key = json.dumps(schema)  # key order matters: it is the order the grammar makes the model write
         if key not in self._grammars:
+            bad = _grammar_unsafe_literals(schema)
+            if bad:  # llama.cpp would get an unparsable grammar and crash (segfault) while sampling
+                raise BackendError(f"llama.cpp ({self.path.name}): schema enum/const strings with '\"' or "
+                                   f"'\\' cannot be turned into a grammar: {bad[:3]}")
             self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
         return self._grammars[key]
 
@@ -390,6 +394,20 @@ class LlamaCppBackend:
         return Completion(text=text or "", tokens_in=int(usage.get("prompt_tokens", 0)),
                           tokens_out=int(usage.get("completion_tokens", 0)), latency_s=latency, logprobs=lps,
                           finish_reason=choice.get("finish_reason"))
+
+
+def _grammar_unsafe_literals(schema: Any) -> list[str]:
+    """enum/const strings that llama-cpp-python's schema-to-grammar conversion mis-escapes."""
+    out: list[str] = []
+    if isinstance(schema, dict):
+        for k, v in schema.items():
+            lits = v if k == "enum" and isinstance(v, list) else [v] if k == "const" else []
+            out += [x for x in lits if isinstance(x, str) and ('"' in x or "\\" in x)]
+            out += _grammar_unsafe_literals(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            out += _grammar_unsafe_literals(v)
+    return out
 
 
 def _llama_logprobs(lp: Any, fmt: str) -> list[TokenLogprob] | None:

@@ -65,13 +65,17 @@ def _value_type(comp: Component, max_items: int, max_chars: int) -> tuple[Any, A
     return str, Field(..., json_schema_extra={"maxLength": max_chars})
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*(?:\^p|\n)+\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*(?:\^p|\n)+\s*|\s*[\"\\]+\s*")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+")
 
 
 def response_spans(text: str, max_chars: int = 200, max_spans: int = 80) -> list[str]:
     """The response cut into quotable spans: sentences, split at clause punctuation (and then between
     words) when longer than ``max_chars``; duplicates dropped, order kept, at most ``max_spans``.
+
+    Spans never contain ``"`` or ``\\`` (the text is cut there): llama-cpp-python's schema-to-grammar
+    conversion mis-escapes both inside enum strings (a ``"`` gives an unparsable grammar that crashed
+    the process; a backslash makes the model write a different string).
 
     With ``evidence="spans"`` the extraction schema restricts every quote to one of these, so a
     constrained decoder can only copy the student's words (grounding 1.0 by construction).
