@@ -106,8 +106,9 @@ def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace, plot: Path |
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or 'cpu'}), "
-        f"shared with other jobs; {platform.python_version()}; date {dt.date.today().isoformat()}; "
-        f"total wall time {wall_s / 60:.1f} min.  ",
+        f"load average at the end {os.getloadavg()[0]:.1f}; Python {platform.python_version()}; date "
+        f"{dt.date.today().isoformat()}; wall time of this invocation {wall_s / 60:.1f} min (rows of earlier "
+        "invocations on the same --out-dir are included; their seconds are their own).  ",
         f"Responses per set: {args.limit or 'all (100)'} of AutoSCORE's evaluation subset; temperature 0; "
         "grammar-constrained JSON (llama.cpp); scoring agent = LLM, `rule QWK` = the task's deterministic "
         "scoring rules applied to the same extraction.",
