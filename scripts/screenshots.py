@@ -41,7 +41,7 @@ def _responses(data: Path, task: str, n: int) -> list[tuple[str, str]]:
     with data.open(newline="", encoding="utf-8", errors="replace") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             if row["EssaySet"].strip() == set_no:
-                out.append((row["Id"].strip(), row["EssayText"].replace("^p", " ").strip()))
+                out.append((row["Id"].strip(), " ".join(row["EssayText"].replace("^p", " ").replace("^P", " ").split())))
             if len(out) >= n:
                 break
     return out
