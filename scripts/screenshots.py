@@ -35,16 +35,11 @@ def _port() -> int:
 
 
 def _responses(data: Path, task: str, n: int) -> list[tuple[str, str]]:
-    """(response id, text) of the first ``n`` responses of an ASAP-SAS set (TSV: Id, EssaySet, ..., EssayText)."""
-    set_no = task.rsplit("-", 1)[-1]
-    out = []
-    with data.open(newline="", encoding="utf-8", errors="replace") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if row["EssaySet"].strip() == set_no:
-                out.append((row["Id"].strip(), " ".join(row["EssayText"].replace("^p", " ").replace("^P", " ").split())))
-            if len(out) >= n:
-                break
-    return out
+    """(response id, text) of the first ``n`` responses of an ASAP-SAS set, through the project's loader."""
+    from rubricate.data.loaders import load_asap_sas
+
+    recs = load_asap_sas(data, sets=[int(task.rsplit("-", 1)[-1])])[:n]
+    return [(r.response_id, " ".join(r.text.replace("^p", " ").replace("^P", " ").split())) for r in recs]
 
 
 def main() -> None:

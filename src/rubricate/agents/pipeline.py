@@ -375,7 +375,9 @@ class AgentPipeline:
             if spans:  # per-response schemas: quotes restricted to the response's own sentences / clauses
                 kw = dict(max_quotes=c.max_quotes, quote_chars=c.quote_chars, list_items=c.list_items,
                           evidence_spans=spans)
-                extract_model, verify_model_ = extraction_model(task, **kw), verify_model(task, **kw)
+                extract_model = extraction_model(task, **kw)
+                if c.verify:
+                    verify_model_ = verify_model(task, **kw)
             schema = json_schema(extract_model)
             parsed, _ = self._call("extract", build_messages("extract", task, text, schema=schema), extract_model,
                                    res, temperature=c.temperature, seed=c.seed)
