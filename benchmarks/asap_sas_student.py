@@ -14,7 +14,7 @@ Steps:
 3. Individual / MTL / UniMoE / UniMoE-Guided on sets 1-8, same split, same hyper-parameters.
 4. reliability on the test split with ``rubricate.metrics.evaluate`` (+ human-human on the same rows).
 5. efficiency - parameters, disk (fp32, int8), CPU latency p50/p95 (one response) and batch-64 throughput.
-6. adaptation - sets 9 and 10: Individual vs head-only (MTL way) vs UniMoE adaptation (+KD).
+6. adaptation - sets 9 and 10: Individual vs head-only (MTL way) vs UniMoE adaptation (``ADAPT_VARIANTS``).
 7. expert usage heatmap of UniMoE-Guided; 8. ablations on a reduced budget.
 """
 
@@ -37,6 +37,23 @@ BASE = [f"asap-sas-{i}" for i in range(1, 9)]
 NEW = ["asap-sas-9", "asap-sas-10"]
 LR_ENCODER = 1e-4  # MiniLM-L6 is small; 5e-5 left it visibly under-trained within 2 epochs
 LR_NEW = 1e-3
+
+# Adaptation variants (AdaptArguments overrides): the MTL way, then UniMoE adaptation plain, with the TF-IDF
+# teacher on the new tasks, with self-distillation of the rehearsal rows, with a 10x lower MoE learning rate
+# ("lightly tuning" the shared experts), and with both.
+ADAPT_VARIANTS: dict[str, dict[str, Any]] = {
+    "adapt-head": {"mode": "head"},
+    "adapt-moe": {"mode": "moe"},
+    "adapt-moe-kd": {"mode": "moe", "lambda_kd": 1.0},
+    "adapt-moe-self": {"mode": "moe", "lambda_self_kd": 1.0},
+    "adapt-moe-lowlr": {"mode": "moe", "lr_moe": 1e-4},
+    "adapt-moe-self-lowlr": {"mode": "moe", "lambda_self_kd": 1.0, "lr_moe": 1e-4},
+}
+ADAPT_LABELS = {"adapt-head": "MTL way (new head only)", "adapt-moe": "UniMoE adaptation",
+                "adapt-moe-kd": "UniMoE adaptation + KD (TF-IDF teacher, new tasks)",
+                "adapt-moe-self": "UniMoE adaptation + self-distillation of rehearsal rows (λ 1)",
+                "adapt-moe-lowlr": "UniMoE adaptation, MoE lr 1e-4 (head 1e-3)",
+                "adapt-moe-self-lowlr": "UniMoE adaptation + self-distillation, MoE lr 1e-4"}
 
 # Budgets: rows per task and split (None = all), epochs, ablation subsample
 BUDGETS: dict[str, dict[str, Any]] = {
@@ -67,10 +84,15 @@ def log(msg: str) -> None:
 
 
 class Bench:
-    def __init__(self, out: Path, budget: str, encoder: str, data_path: Path, threads: int | None) -> None:
+    def __init__(self, out: Path, budget: str, encoder: str, data_path: Path, threads: int | None,
+                 placement: str = "token", epochs: float | None = None) -> None:
         self.out = out
         self.budget_name = budget
-        self.b = BUDGETS[budget]
+        self.b = dict(BUDGETS[budget])
+        if epochs is not None:  # Individual keeps its one extra epoch (8x fewer optimizer steps per model)
+            self.b.update(epochs=epochs, individual_epochs=epochs + (self.b.get("individual_epochs", epochs)
+                                                                      - BUDGETS[budget]["epochs"]))
+        self.placement = placement
         self.encoder = encoder
         self.data_path = data_path
         self.threads = threads
@@ -136,7 +158,7 @@ class Bench:
         base = dict(encoder=self.encoder, method=method, output_dir=str(out_dir), epochs=epochs,
                     batch_size=32, lr_encoder=LR_ENCODER, lr_new=LR_NEW, warmup_ratio=0.06, evals_per_epoch=self.b["evals_per_epoch"],
                     early_stopping_patience=2, num_threads=self.threads, seed=42, lambda_lb=0.01,
-                    lambda_kd=1.0, kd_temperature=2.0, teacher_policy="ignore_extra", moe_placement="token",
+                    lambda_kd=1.0, kd_temperature=2.0, teacher_policy="ignore_extra", moe_placement=self.placement,
                     n_experts=4, n_moe_layers=2)
         if method == "unimoe_guided":
             base["teacher_file"] = str(self.teacher_path)
@@ -200,17 +222,19 @@ class Bench:
         s = Scorer.from_pretrained(ckpt, backend="torch")
         return s.predict([r.task_id for r in recs], [r.text for r in recs], response_ids=[r.response_id for r in recs])
 
-    def train_method(self, method: str) -> dict[str, Any]:
+    def train_method(self, method: str, name: str | None = None, **kw: Any) -> dict[str, Any]:
+        """Train ``method`` on the base tasks (``kw`` overrides training arguments) and test it; step ``name``."""
         from rubricate.student.trainer import train
 
-        ck = self.out / "runs" / method
+        name = name or method
+        ck = self.out / "runs" / name
 
         def run() -> dict[str, Any]:
             # Individual: one checkpoint per task, each kept once trained (a rerun trains only missing ones)
             todo = [t for t in BASE if not (ck / t / "config.json").exists()] if method == "individual" else BASE
             res = None
             if todo:
-                res = train(self.args(method, ck, task_ids=todo), registry=self.registry,
+                res = train(self.args(method, ck, task_ids=todo, **kw), registry=self.registry,
                             train_records=self.rows("train", todo), val_records=self.rows("validation", todo))
             test = self.rows("test", BASE)
             if method == "individual":
@@ -219,11 +243,12 @@ class Bench:
                     preds += self.predict(ck / t, [r for r in test if r.task_id == t])
             else:
                 preds = self.predict(ck, test)
-            if method == "unimoe_guided":
+            if name == "unimoe_guided":
                 with (self.out / "unimoe_guided_test_predictions.jsonl").open("w") as f:
                     for p in preds:
                         f.write(json.dumps(p.to_dict()) + "\n")
-            m = self.evaluate(test, preds, method)
+            m = self.evaluate(test, preds, name)
+            m["settings"] = kw
             if method == "individual":
                 docs = {t: json.loads((ck / t / "config.json").read_text())["metrics"] for t in BASE}
                 m["train"] = {"method": method, "retrained": todo,
@@ -237,7 +262,18 @@ class Bench:
                                                                              res.metrics.get("val_mean_agreement"))
             return m
 
-        return self.step(method, run)
+        return self.step(name, run)
+
+    @property
+    def other_placement(self) -> str:
+        return "pooled" if self.placement == "token" else "token"
+
+    def placement_runs(self, methods: list[str]) -> dict[str, Any]:
+        """UniMoE and UniMoE-Guided with the other expert placement at the main budget: the full-budget check
+        of the reduced-budget placement ablation."""
+        o = self.other_placement
+        return {m: self.train_method(m, f"{m}-{o}", moe_placement=o) for m in ("unimoe", "unimoe_guided")
+                if m in methods}
 
     # -- efficiency --------------------------------------------------------------------------------
     def efficiency(self) -> dict[str, Any]:
@@ -337,13 +373,13 @@ class Bench:
         res: dict[str, Any] = {}
         base_ck = self.out / "runs" / "unimoe_guided"
         new_tasks = [self.registry.get(t) for t in NEW]
-        for mode, kd in (("head", 0.0), ("moe", 0.0), ("moe", 1.0)):
-            name = f"adapt-{mode}" + ("-kd" if kd else "")
+        for name, kw in ADAPT_VARIANTS.items():
 
-            def run(mode: str = mode, kd: float = kd, name: str = name) -> dict[str, Any]:
-                args = AdaptArguments(mode=mode, rehearsal_size=self.b["rehearsal"], epochs=self.b["adapt_epochs"],
-                                      lambda_kd=kd, teacher_file=str(self.teacher_path) if kd else None,
-                                      evals_per_epoch=1, early_stopping_patience=2)
+            def run(kw: dict[str, Any] = kw, name: str = name) -> dict[str, Any]:
+                kd = kw.get("lambda_kd", 0.0)
+                args = AdaptArguments(rehearsal_size=self.b["rehearsal"], epochs=self.b["adapt_epochs"],
+                                      teacher_file=str(self.teacher_path) if kd else None,
+                                      evals_per_epoch=1, early_stopping_patience=2, **kw)
                 r = add_task(base_ck, new_tasks, self.rows("train", NEW), self.rows("validation", NEW),
                              self.out / "runs" / name, old_train_records=self.rows("train", BASE),
                              old_eval_records=self.rows("test", BASE), args=args)
@@ -462,7 +498,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
                                        f"{b['test_per_task']} per task)") + ".  ")
     L.append(f"Training: {b['epochs']} epochs max ({b.get('individual_epochs', b['epochs'])} for Individual), batch 32, "
              f"AdamW (lr {LR_ENCODER:g} encoder / {LR_NEW:g} new), 6% warm-up then linear decay, "
-             f"early stopping (patience 2) on validation mean QWK; λ_LB 0.01, λ_KD 1, τ 2; token-wise experts, "
+             f"early stopping (patience 2) on validation mean QWK; λ_LB 0.01, λ_KD 1, τ 2; {bench.placement} experts, "
              f"M=4, 2 MoE layers. Teacher: cross-fitted 5-fold TF-IDF (word 1-2 + char 2-5) logistic specialists.\n")
 
     L.append("### 1. Reliability on the base tasks' test split (sets 1–8)\n")
@@ -499,6 +535,20 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
         L.append(f"| {t} | {n} | {f(hhq)} | " + " | ".join(cells) + " |")
     L.append("")
 
+    pl = R.get("placement")
+    if pl:
+        L.append("#### Expert placement at the main budget (same split, epochs and hyper-parameters)\n")
+        L.append("| Method | placement | mean QWK | Fisher-z mean QWK | mean κ | best validation mean QWK |")
+        L.append("|---|---|---|---|---|---|")
+        rows = [("MTL (no experts)", "–", R.get("mtl"))]
+        for label, key in (("UniMoE", "unimoe"), ("UniMoE-Guided", "unimoe_guided")):
+            rows += [(label, bench.placement, R.get(key)), (label, bench.other_placement, pl.get(key))]
+        for label, place, m in rows:
+            if m:
+                L.append(f"| {label} | {place} | {f(m['mean_qwk'])} | {f(m['fisher_z_qwk'])} | "
+                         f"{f(m['multilabel_mean'].get('mean_kappa'))} | {f(m.get('val_mean_agreement'))} |")
+        L.append("")
+
     e = R.get("efficiency")
     if e:
         L.append("### 2. Efficiency (CPU, torch backend; int8 = torch dynamic quantisation of Linear layers)\n")
@@ -528,8 +578,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
             pt = ind["new_test"]["per_task"]
             L.append(f"| Individual (2 new full models) | 100% (new models: {ind['trainable_parameters']:,} params) | "
                      f"{f(pt['asap-sas-9']['qwk'])} | {f(pt['asap-sas-10']['qwk'])} | (untouched) | 0 |")
-        for label, key in (("MTL way (new head only)", "adapt-head"), ("UniMoE adaptation", "adapt-moe"),
-                           ("UniMoE adaptation + KD", "adapt-moe-kd")):
+        for key, label in ADAPT_LABELS.items():
             x = ad.get(key)
             if not x:
                 continue
@@ -570,6 +619,10 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
     if uni and mtl:
         checks.append(("UniMoE > MTL (Fisher-z mean QWK)", uni["fisher_z_qwk"] > mtl["fisher_z_qwk"],
                        f"{f(uni['fisher_z_qwk'])} vs {f(mtl['fisher_z_qwk'])}"))
+    if pl and pl.get("unimoe") and mtl:
+        u = pl["unimoe"]
+        checks.append((f"UniMoE ({bench.other_placement} experts) > MTL (Fisher-z mean QWK)", u["fisher_z_qwk"] > mtl["fisher_z_qwk"],
+                       f"{f(u['fisher_z_qwk'])} vs {f(mtl['fisher_z_qwk'])}"))
     if e:
         checks.append(("Student ≥ 7× smaller on disk than the Individual set",
                        e["disk_ratio_individual_over_student"] >= 7, f"{e['disk_ratio_individual_over_student']:.2f}×"))
@@ -577,13 +630,14 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
         checks.append(("Fisher-z mean QWK ≥ 0.75 on the base tasks", g["fisher_z_qwk"] >= 0.75, f(g["fisher_z_qwk"])))
     if ad and ad.get("individual-new") and ad.get("adapt-moe"):
         ipt = ad["individual-new"]["new_test"]["per_task"]
-        best = max((k for k in ("adapt-moe", "adapt-moe-kd") if ad.get(k)),
-                   key=lambda k: ad[k]["new_test"]["mean_qwk"])
-        apt = ad[best]["new_test"]["per_task"]
-        gap = max(ipt[t]["qwk"] - apt[t]["qwk"] for t in NEW)
-        drop = max(ad[best]["adapt"]["forgetting"].values())
-        checks.append((f"Adapted new tasks within 0.05 QWK of Individual ({best})", gap <= 0.05, f"max gap {gap:+.3f}"))
-        checks.append((f"Old tasks lose ≤ 0.02 QWK ({best})", drop <= 0.02, f"max drop {drop:+.3f}"))
+        for k in ADAPT_VARIANTS:
+            if not ad.get(k):
+                continue
+            apt = ad[k]["new_test"]["per_task"]
+            gap = max(ipt[t]["qwk"] - apt[t]["qwk"] for t in NEW)
+            drop = max(ad[k]["adapt"]["forgetting"].values())
+            checks.append((f"{k}: new tasks within 0.05 QWK of Individual, old tasks lose ≤ 0.02",
+                           gap <= 0.05 and drop <= 0.02, f"max gap {gap:+.3f}, max drop {drop:+.3f}"))
     L.append("| Target | met | measured |")
     L.append("|---|---|---|")
     for name, ok, val in checks:
@@ -602,13 +656,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "asap-sas" / "train.tsv")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default runs/bench_student_<budget>_<enc>)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--skip", default="", help="comma-separated steps to skip: ablations,adaptation,efficiency")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated steps to skip: placement,efficiency,adaptation,ablations")
+    ap.add_argument("--methods", default="individual,mtl,unimoe,unimoe_guided",
+                    help="comma-separated methods to train on the base tasks (later steps need unimoe_guided)")
+    ap.add_argument("--moe-placement", choices=["token", "pooled"], default="token",
+                    help="expert placement of UniMoE / UniMoE-Guided in the main table (the other one is the "
+                         "'placement' step)")
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="override the budget's epochs (Individual keeps its extra epoch); use a separate --out")
     ap.add_argument("--md", type=Path, default=None, help="markdown output (default docs/benchmarks/student[-budget].md)")
     a = ap.parse_args(argv)
     t0 = time.time()
     enc_slug = Path(a.encoder).name
     out = a.out or REPO / "runs" / f"bench_student_{a.budget}_{enc_slug}"
-    bench = Bench(out, a.budget, a.encoder, a.data, a.threads)
+    bench = Bench(out, a.budget, a.encoder, a.data, a.threads, placement=a.moe_placement, epochs=a.epochs)
+    methods = [m for m in a.methods.split(",") if m]
     skip = {s for s in a.skip.split(",") if s}
     if a.threads:
         import torch
@@ -617,12 +680,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.load()
     R: dict[str, Any] = {}
     R["teacher"] = bench.teacher()["test"]
-    for m in ("individual", "mtl", "unimoe", "unimoe_guided"):
+    for m in methods:
         R[m] = bench.train_method(m)
+    if "unimoe_guided" not in methods:
+        skip |= {"expert_usage", "efficiency", "adaptation"}
     suffix = "" if a.budget == "full" and enc_slug == "minilm" else f"-{a.budget}" + (
         "" if enc_slug == "minilm" else f"-{enc_slug}")
     png = REPO / "docs" / f"student_expert_usage{suffix}.png"
-    R["expert_usage"] = bench.step("expert_usage", lambda: bench.expert_usage(png))
+    if "expert_usage" not in skip:
+        R["expert_usage"] = bench.step("expert_usage", lambda: bench.expert_usage(png))
+    if "placement" not in skip:
+        R["placement"] = bench.placement_runs(methods)
     if "efficiency" not in skip:
         R["efficiency"] = bench.efficiency()
     if "adaptation" not in skip:

@@ -182,6 +182,54 @@ def test_add_task_freezes_encoder_old_heads_and_reports_forgetting(setup, tmp_pa
     assert 0 < res.trainable_share < 1
 
 
+def test_add_task_self_distillation_targets_are_the_old_models_own_outputs(setup, tmp_path, monkeypatch) -> None:
+    """Rehearsal rows get the pre-add-task logits as soft targets; new rows get none; the loss uses them."""
+    import rubricate.student.adapt as adapt_mod
+
+    seen: dict = {}
+    real_fit = adapt_mod.fit
+
+    def spy(model, train_set, *a, **kw):
+        seen["set"], seen["kw"] = train_set, kw
+        return real_fit(model, train_set, *a, **kw)
+
+    monkeypatch.setattr(adapt_mod, "fit", spy)
+    ck = setup["res"].checkpoint_dir
+    new_tr = tiny_records("tiny-new", 60)
+    res = add_task(ck, setup["reg"].get("tiny-new"), new_tr, tiny_records("tiny-new", 20, seed=1, prefix="v"),
+                   tmp_path / "adapted", old_train_records=setup["tr"], old_eval_records=setup["va"],
+                   args=AdaptArguments(mode="moe", rehearsal_size=40, epochs=1, lambda_self_kd=2.0,
+                                       self_kd_temperature=1.5, progress=False))
+    ts = seen["set"]
+    assert seen["kw"]["anchor_weight"] == 2.0 and seen["kw"]["anchor_temperature"] == 1.5
+    assert np.isnan(ts.anchor[: len(new_tr)]).all()
+    old = Scorer.from_pretrained(ck, backend="torch")
+    by_key = {r.key: r for r in setup["tr"]}
+    keys = ts.keys[len(new_tr):]
+    assert len(keys) == 40
+    preds = old.predict([k[0] for k in keys], [by_key[k].text for k in keys])
+    for i, p in enumerate(preds, start=len(new_tr)):
+        n = len(p.probs)
+        z = ts.anchor[i]
+        np.testing.assert_allclose(1 / (1 + np.exp(-z[:n])), list(p.probs.values()), atol=1e-5)
+        assert np.isnan(z[n:]).all()
+    assert all("self_kd" in h for h in res.history)
+
+
+def test_add_task_lr_moe_zero_leaves_old_tasks_exactly_as_they_were(setup, tmp_path) -> None:
+    """``lr_moe`` reaches the shared parameters: at 0 the MoE cannot move, so nothing is forgotten."""
+    ck = setup["res"].checkpoint_dir
+    res = add_task(ck, setup["reg"].get("tiny-new"), tiny_records("tiny-new", 60),
+                   tiny_records("tiny-new", 20, seed=1, prefix="v"), tmp_path / "adapted",
+                   old_train_records=setup["tr"], old_eval_records=setup["va"],
+                   args=AdaptArguments(mode="moe", rehearsal_size=40, epochs=1, lr_moe=0.0, progress=False))
+    before, *_ = load_checkpoint(ck)
+    after, *_ = load_checkpoint(res.checkpoint_dir)
+    b, a = before.state_dict(), after.state_dict()
+    assert all(torch.equal(b[k], a[k]) for k in b if k.startswith("moe."))
+    assert res.old_after == res.old_before
+
+
 def test_shipped_recipes_parse_and_unknown_keys_name_the_file(repo_root: Path, tmp_path) -> None:
     for recipe in sorted((repo_root / "recipes").glob("*.yaml")):
         args = TrainingArguments.from_yaml(recipe)

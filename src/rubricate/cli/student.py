@@ -143,9 +143,14 @@ def add_task_cmd(
     mode: str = typer.Option("moe", "--mode", help="'moe' (experts + gate + new head) or 'head' (new head only)."),
     rehearsal_size: int = typer.Option(800, "--rehearsal-size"),
     epochs: float = typer.Option(6.0, "--epochs"),
-    lr: float = typer.Option(1e-3, "--lr"),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the new head(s)."),
+    lr_moe: Optional[float] = typer.Option(None, "--lr-moe", help="Learning rate of the MoE and the new task "
+                                           "embedding (default: --lr)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", exists=True, help="Teacher file for the new task(s)."),
     lambda_kd: float = typer.Option(0.0, "--lambda-kd", help="Distillation weight (with --teacher)."),
+    lambda_self_kd: float = typer.Option(0.0, "--lambda-self-kd", help="Self-distillation weight on the rehearsal "
+                                         "rows (the old tasks' outputs before add-task are the targets)."),
+    self_kd_temperature: float = typer.Option(1.0, "--self-kd-temperature"),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Add a task to a trained student; prints the trainable share and the forgetting report."""
@@ -166,7 +171,8 @@ def add_task_cmd(
         op = split_records(load_records(old_data, old_reg), old_split, old_reg)
         old_train, old_eval = op["train"], op["validation"]
     args = AdaptArguments(mode=mode, rehearsal_size=rehearsal_size, epochs=epochs, lr=lr,  # type: ignore[arg-type]
-                          teacher_file=str(teacher) if teacher else None, lambda_kd=lambda_kd, seed=seed)
+                          lr_moe=lr_moe, teacher_file=str(teacher) if teacher else None, lambda_kd=lambda_kd,
+                          lambda_self_kd=lambda_self_kd, self_kd_temperature=self_kd_temperature, seed=seed)
     res = add_task(model, list(new_reg), parts["train"], parts["validation"], out, old_train_records=old_train,
                    old_eval_records=old_eval, args=args)
     d = res.to_dict()

@@ -4,8 +4,16 @@ Two modes, same code:
 
 * ``"moe"`` (UniMoE adaptation): freeze the encoder, the existing heads and the existing task embeddings;
   train the MoE blocks (experts + gates), the new task embedding and the new head. Because the shared
-  experts move, a *rehearsal* sample of old-task training rows (``rehearsal_size``) is mixed into the
-  batches; optional distillation from a teacher file covers the new task.
+  experts move, three knobs hold the old tasks in place:
+
+  - a *rehearsal* sample of old-task training rows (``rehearsal_size``) mixed into the batches, with
+    their human labels;
+  - *self-distillation* of those rows (``lambda_self_kd``): the model's own old-task logits before
+    add-task are frozen as soft targets, so the experts are pulled back toward what the old heads were
+    trained on, not only toward the (few, noisy) rehearsal labels (learning without forgetting);
+  - a lower learning rate for the shared MoE than for the new head (``lr_moe``: "lightly tuning").
+
+  Optional distillation from a teacher file covers the new task.
 * ``"head"`` (the MTL way): only the new head is trained; old tasks are untouched by construction.
 
 With the encoder frozen its outputs never change, so they are computed once and cached
@@ -55,7 +63,8 @@ class AdaptArguments:
     max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3  #: learning rate of the new head(s)
+    lr_moe: float | None = None  #: learning rate of the MoE blocks and the new task embedding (None = ``lr``)
     weight_decay: float = 0.01  #: not applied to biases, norms, task embeddings
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -63,6 +72,10 @@ class AdaptArguments:
     lambda_lb: float = 0.01
     lambda_kd: float = 0.0  #: > 0 with a teacher_file: distil the new task(s)
     kd_temperature: float = 2.0
+    #: weight of self-distillation on the rehearsal rows: the old-task logits of the model *before* add-task
+    #: are the soft targets (0 = off; moe mode with rehearsal only)
+    lambda_self_kd: float = 0.0
+    self_kd_temperature: float = 1.0  #: temperature of that self-distillation term
     teacher_file: str | None = None
     teacher_policy: Literal["strict", "ignore_extra", "allow_missing"] = "allow_missing"
     teacher_eps: float = 1e-4
@@ -80,6 +93,10 @@ class AdaptArguments:
             raise ValueError(f"mode must be 'moe' or 'head', got {self.mode!r}")
         if self.rehearsal_size < 0:
             raise ValueError("rehearsal_size must be >= 0")
+        if self.lambda_self_kd < 0 or self.self_kd_temperature <= 0:
+            raise ValueError("lambda_self_kd must be >= 0 and self_kd_temperature > 0")
+        if self.lr_moe is not None and self.lr_moe < 0:
+            raise ValueError("lr_moe must be >= 0")
 
 
 @dataclass
@@ -143,6 +160,22 @@ def cache_hidden(model: StudentModel, data: EncodedSet, pad_id: int, batch_size:
         for j, i in enumerate(rows):
             hidden[i] = h[j, : len(data.input_ids[i])].clone()
     data.hidden = hidden  # type: ignore[assignment]
+
+
+@torch.no_grad()
+def _anchor_logits(model: StudentModel, data: EncodedSet, rows: Sequence[int], encodings: dict[str, LabelEncoding],
+                   pad_id: int, batch_size: int) -> np.ndarray:
+    """(N, max_labels) logits of the current model for ``rows`` (NaN elsewhere and in padding columns)."""
+    model.eval()
+    anchor = np.full(data.targets.shape, np.nan, dtype=np.float32)
+    rows = list(rows)
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s: s + batch_size]
+        z = _forward_rows(model, data, chunk, pad_id).logits.numpy()
+        for j, i in enumerate(chunk):
+            n = encodings[data.keys[i][0]].n_labels
+            anchor[i, :n] = z[j, :n]
+    return anchor
 
 
 def _pad_hidden(hs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,19 +267,21 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
     n_old = len(old_ids)
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable: list[tuple[str, torch.nn.Parameter]] = []
+    head_params: list[tuple[str, torch.nn.Parameter]] = []
     for i in range(n_old, len(all_ids)):
-        trainable += [(f"heads.{i}.{n}", p) for n, p in model.heads[i].named_parameters()]
+        head_params += [(f"heads.{i}.{n}", p) for n, p in model.heads[i].named_parameters()]
+    shared_params: list[tuple[str, torch.nn.Parameter]] = []
     emb_hook = None
     if args.mode == "moe" and model.config.use_moe:
-        trainable += [(f"moe.{n}", p) for n, p in model.moe.named_parameters()]
-        trainable.append(("task_embedding.weight", model.task_embedding.weight))
+        shared_params += [(f"moe.{n}", p) for n, p in model.moe.named_parameters()]
+        shared_params.append(("task_embedding.weight", model.task_embedding.weight))
         old_rows = n_old
 
         def emb_hook() -> None:  # only the new tasks' embedding rows learn
             g = model.task_embedding.weight.grad
             if g is not None:
                 g[:old_rows] = 0.0
+    trainable = head_params + shared_params
     for _, p in trainable:
         p.requires_grad_(True)
     trainable_ids = {id(p) for _, p in trainable}
@@ -263,6 +298,10 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
     if args.cache_encoder:
         cache_hidden(model, train_set, pad_id, args.eval_batch_size)
         cache_hidden(model, val_set, pad_id, args.eval_batch_size)
+    if args.lambda_self_kd > 0 and rehearsal:
+        # the old tasks' outputs are untouched by adding a head, so the grown model still gives them as before
+        train_set.anchor = _anchor_logits(model, train_set, range(len(train_records), len(train_set)), encodings,
+                                          pad_id, args.eval_batch_size)
 
     model.train()
     model.encoder.eval()  # frozen: no dropout, so cached and live outputs agree
@@ -276,10 +315,13 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
         vals = [v for t, v in res.items() if t in new_ids and not math.isnan(v)]
         return {"mean_agreement": float(np.mean(vals)) if vals else float("nan"), "per_task": res}
 
-    groups = param_groups(trainable, args.lr, args.weight_decay)
+    groups = param_groups(head_params, args.lr, args.weight_decay)
+    if shared_params:
+        groups += param_groups(shared_params, args.lr if args.lr_moe is None else args.lr_moe, args.weight_decay)
     summary = fit(model, train_set, val_set, args, groups, forward, evaluate,
                   use_kd=args.lambda_kd > 0 and train_set.teacher is not None, grad_hook=emb_hook,
-                  desc=f"add-task {','.join(new_ids)} ({args.mode})")
+                  desc=f"add-task {','.join(new_ids)} ({args.mode})", anchor_weight=args.lambda_self_kd,
+                  anchor_temperature=args.self_kd_temperature)
 
     # 4. verify the frozen parts, measure
     unchanged = all(torch.equal(frozen_before[n], p.detach()) for n, p in model.named_parameters()

@@ -245,7 +245,9 @@ class TrainResult:
 class EncodedSet:
     """Tokenised records with padded targets, ready for batching.
 
-    ``targets`` and ``teacher`` are (N, max_labels) float32, NaN where missing or padding.
+    ``targets`` and ``teacher`` are (N, max_labels) float32, NaN where missing or padding. ``anchor``
+    (same shape) holds a frozen copy of the model's own logits for rows whose outputs should not drift
+    (add-task's rehearsal rows, see :mod:`rubricate.student.adapt`).
     """
 
     keys: list[tuple[str, str]]
@@ -254,6 +256,7 @@ class EncodedSet:
     targets: np.ndarray
     teacher: np.ndarray | None = None
     hidden: list[torch.Tensor] | None = None  # cached encoder outputs (T_i, H), for a frozen encoder
+    anchor: np.ndarray | None = None  # (N, max_labels) self-distillation targets (logits), NaN = none
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -262,7 +265,8 @@ class EncodedSet:
         idx = list(idx)
         return EncodedSet([self.keys[i] for i in idx], [self.input_ids[i] for i in idx], self.task_index[idx],
                           self.targets[idx], None if self.teacher is None else self.teacher[idx],
-                          None if self.hidden is None else [self.hidden[i] for i in idx])
+                          None if self.hidden is None else [self.hidden[i] for i in idx],
+                          None if self.anchor is None else self.anchor[idx])
 
 
 def check_records(records: Sequence[Record], task_ids: Sequence[str], registry: TaskRegistry,
@@ -425,12 +429,16 @@ ForwardFn = Callable[[EncodedSet, np.ndarray], Any]
 def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, args: TrainingArguments,
         groups: list[dict[str, Any]], forward: ForwardFn,
         evaluate: Callable[[], dict[str, Any]] | None,
-        use_kd: bool, grad_hook: Callable[[], None] | None = None, desc: str = "train") -> dict[str, Any]:
+        use_kd: bool, grad_hook: Callable[[], None] | None = None, desc: str = "train",
+        anchor_weight: float = 0.0, anchor_temperature: float = 1.0) -> dict[str, Any]:
     """Optimise ``model`` on ``train_set``; keep (and restore) the weights of the best evaluation.
 
     ``forward(data, rows)`` returns a :class:`StudentOutput` for a batch; ``evaluate()`` returns a dict
     with ``mean_agreement``. ``grad_hook`` runs after backward (add-task uses it to zero the gradients of
-    frozen rows). Returns the training summary (history, best metric, steps, seconds).
+    frozen rows). With ``anchor_weight > 0`` and ``train_set.anchor`` set, the loss adds
+    ``anchor_weight * distillation_loss(z, anchor, anchor_temperature)`` (self-distillation toward a
+    frozen copy of the model's own outputs). Returns the training summary (history, best metric, steps,
+    seconds).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -474,6 +482,11 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                                              args.kd_temperature, out.label_mask)
                     loss = loss + args.lambda_kd * l_kd
                     parts["kd"] = l_kd.item()
+                if anchor_weight > 0 and train_set.anchor is not None:
+                    l_anchor = distillation_loss(out.logits, torch.from_numpy(train_set.anchor[rows]),
+                                                 anchor_temperature, out.label_mask)
+                    loss = loss + anchor_weight * l_anchor
+                    parts["self_kd"] = l_anchor.item()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_hook is not None:
