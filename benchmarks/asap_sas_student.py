@@ -43,10 +43,10 @@ LR_NEW = 1e-3
 # ("lightly tuning" the shared experts), and with both.
 ADAPT_VARIANTS: dict[str, dict[str, Any]] = {
     "adapt-head": {"mode": "head"},
-    "adapt-moe": {"mode": "moe"},
-    "adapt-moe-kd": {"mode": "moe", "lambda_kd": 1.0},
-    "adapt-moe-self": {"mode": "moe", "lambda_self_kd": 1.0},
-    "adapt-moe-lowlr": {"mode": "moe", "lr_moe": 1e-4},
+    "adapt-moe": {"mode": "moe", "lambda_self_kd": 0.0},
+    "adapt-moe-kd": {"mode": "moe", "lambda_kd": 1.0, "lambda_self_kd": 0.0},
+    "adapt-moe-self": {"mode": "moe", "lambda_self_kd": 1.0},  # the add-task default since this measurement
+    "adapt-moe-lowlr": {"mode": "moe", "lr_moe": 1e-4, "lambda_self_kd": 0.0},
     "adapt-moe-self-lowlr": {"mode": "moe", "lambda_self_kd": 1.0, "lr_moe": 1e-4},
 }
 ADAPT_LABELS = {"adapt-head": "MTL way (new head only)", "adapt-moe": "UniMoE adaptation",

@@ -92,6 +92,28 @@ def test_parity_failure_is_loud_and_still_reported(exported: Path, tmp_path: Pat
         export_checkpoint(ck, int8=True, tolerance_int8=1e-12)
     rep = json.loads((ck / "onnx" / "export.json").read_text())
     assert rep["passed"] is False and rep["max_abs_dprob_int8"] > 1e-12
+    # the fallback (attention-output and feed-forward MatMuls in fp32) was tried, and the report says so
+    assert rep["int8_fallback_used"] is True and rep["max_abs_dprob_int8_full"] > 1e-12
+    assert rep["int8_excluded_nodes"] > 0
+
+
+def test_int8_exclusion_keeps_the_matching_matmuls_in_fp32(exported: Path, tmp_path: Path) -> None:
+    """The fallback pattern finds 3 MatMuls per transformer layer; the int8 graph keeps them unquantized."""
+    import shutil
+
+    import onnx
+
+    from rubricate.student.export import INT8_FALLBACK_EXCLUDE, export_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck)
+    n_layers = json.loads((ck / "config.json").read_text())["model"]["encoder_config"]["num_hidden_layers"]
+    rep = export_checkpoint(ck, int8=True, int8_exclude=INT8_FALLBACK_EXCLUDE)
+    assert rep.int8_excluded_nodes == 3 * n_layers and not rep.int8_fallback_used
+    ops = {n.name: n.op_type for n in onnx.load(rep.int8_path).graph.node}
+    kept = [n for n, op in ops.items() if op == "MatMul" and "intermediate/dense" in n]
+    assert len(kept) == n_layers  # still plain fp32 MatMuls, not MatMulInteger
+    assert any(op == "MatMulInteger" for op in ops.values())
 
 
 def test_fp32_reexport_removes_a_stale_int8_graph(exported: Path, tmp_path: Path) -> None:

@@ -33,6 +33,11 @@ def export(
                                       help="int8: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI)."),
     tol_fp32: float = typer.Option(1e-4, help="Parity tolerance: max |dprob| vs torch for fp32."),
     tol_int8: float = typer.Option(0.03, help="Parity tolerance: max |dprob| vs torch for int8."),
+    int8_exclude: Optional[str] = typer.Option(None, "--int8-exclude", help="int8: regex of MatMul/Gemm node "
+                                               "names kept in fp32."),
+    int8_fallback: bool = typer.Option(True, "--int8-fallback/--no-int8-fallback",
+                                       help="int8: if parity fails, keep each layer's attention-output and "
+                                            "feed-forward MatMuls in fp32 and check again."),
 ) -> None:
     """Export the whole student (encoder, MoE, heads; task id as an input) next to the checkpoint."""
     from rich.console import Console
@@ -44,8 +49,8 @@ def export(
     console = Console()
     try:
         rep = export_checkpoint(model, int8=int8, opset=opset, per_channel=per_channel, reduce_range=reduce_range,
-                                tolerance_fp32=tol_fp32,
-                                tolerance_int8=tol_int8)
+                                tolerance_fp32=tol_fp32, tolerance_int8=tol_int8, int8_exclude=int8_exclude,
+                                int8_fallback=int8_fallback)
     except ParityError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)
@@ -54,6 +59,9 @@ def export(
                   f"over {rep.n_parity_inputs} inputs")
     if rep.int8_path:
         console.print(f"wrote {rep.int8_path} ({rep.size_mb['model.int8.onnx']:.1f} MB)")
+        if rep.int8_fallback_used:
+            console.print(f"[yellow]int8: the fully quantized graph failed parity (max |dprob| "
+                          f"{rep.max_abs_dprob_int8_full:.4f}); kept {rep.int8_excluded_nodes} MatMuls in fp32[/yellow]")
         console.print(f"parity int8: max |dprob| = {rep.max_abs_dprob_int8:.4f} (tolerance {rep.tolerance_int8})")
     console.print("[green]parity check passed[/green]")
 

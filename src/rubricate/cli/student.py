@@ -148,7 +148,7 @@ def add_task_cmd(
                                            "embedding (default: --lr)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", exists=True, help="Teacher file for the new task(s)."),
     lambda_kd: float = typer.Option(0.0, "--lambda-kd", help="Distillation weight (with --teacher)."),
-    lambda_self_kd: float = typer.Option(0.0, "--lambda-self-kd", help="Self-distillation weight on the rehearsal "
+    lambda_self_kd: float = typer.Option(1.0, "--lambda-self-kd", help="Self-distillation weight on the rehearsal "
                                          "rows (the old tasks' outputs before add-task are the targets)."),
     self_kd_temperature: float = typer.Option(1.0, "--self-kd-temperature"),
     seed: int = typer.Option(42, "--seed"),
