@@ -55,6 +55,8 @@ ADAPT_LABELS = {"adapt-head": "MTL way (new head only)", "adapt-moe": "UniMoE ad
                 "adapt-moe-lowlr": "UniMoE adaptation, MoE lr 1e-4 (head 1e-3)",
                 "adapt-moe-self-lowlr": "UniMoE adaptation + self-distillation, MoE lr 1e-4"}
 
+PLACEMENT_NAMES = {"token": "token-wise", "pooled": "pooled"}
+
 # Budgets: rows per task and split (None = all), epochs, ablation subsample
 BUDGETS: dict[str, dict[str, Any]] = {
     # smoke: a pipeline check in a few minutes (development only; numbers meaningless)
@@ -498,7 +500,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
                                        f"{b['test_per_task']} per task)") + ".  ")
     L.append(f"Training: {b['epochs']} epochs max ({b.get('individual_epochs', b['epochs'])} for Individual), batch 32, "
              f"AdamW (lr {LR_ENCODER:g} encoder / {LR_NEW:g} new), 6% warm-up then linear decay, "
-             f"early stopping (patience 2) on validation mean QWK; λ_LB 0.01, λ_KD 1, τ 2; {bench.placement} experts, "
+             f"early stopping (patience 2) on validation mean QWK; λ_LB 0.01, λ_KD 1, τ 2; {PLACEMENT_NAMES[bench.placement]} experts, "
              f"M=4, 2 MoE layers. Teacher: cross-fitted 5-fold TF-IDF (word 1-2 + char 2-5) logistic specialists.\n")
 
     L.append("### 1. Reliability on the base tasks' test split (sets 1–8)\n")
@@ -542,7 +544,8 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
         L.append("|---|---|---|---|---|---|")
         rows = [("MTL (no experts)", "–", R.get("mtl"))]
         for label, key in (("UniMoE", "unimoe"), ("UniMoE-Guided", "unimoe_guided")):
-            rows += [(label, bench.placement, R.get(key)), (label, bench.other_placement, pl.get(key))]
+            rows += [(label, PLACEMENT_NAMES[bench.placement], R.get(key)),
+                     (label, PLACEMENT_NAMES[bench.other_placement], pl.get(key))]
         for label, place, m in rows:
             if m:
                 L.append(f"| {label} | {place} | {f(m['mean_qwk'])} | {f(m['fisher_z_qwk'])} | "
