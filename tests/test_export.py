@@ -94,7 +94,8 @@ def test_parity_failure_is_loud_and_still_reported(exported: Path, tmp_path: Pat
     assert rep["passed"] is False and rep["max_abs_dprob_int8"] > 1e-12
     # the fallback (attention-output and feed-forward MatMuls in fp32) was tried, and the report says so
     assert rep["int8_fallback_used"] is True and rep["max_abs_dprob_int8_full"] > 1e-12
-    assert rep["int8_excluded_nodes"] > 0
+    n_layers = json.loads((ck / "config.json").read_text())["model"]["encoder_config"]["num_hidden_layers"]
+    assert rep["int8_excluded_nodes"] == 3 * n_layers  # the last step: attention-output + feed-forward pair
 
 
 def test_int8_exclusion_keeps_the_matching_matmuls_in_fp32(exported: Path, tmp_path: Path) -> None:

@@ -36,8 +36,8 @@ def export(
     int8_exclude: Optional[str] = typer.Option(None, "--int8-exclude", help="int8: regex of MatMul/Gemm node "
                                                "names kept in fp32."),
     int8_fallback: bool = typer.Option(True, "--int8-fallback/--no-int8-fallback",
-                                       help="int8: if parity fails, keep each layer's feed-forward output "
-                                            "MatMul in fp32 and check again."),
+                                       help="int8: while parity fails, keep more MatMuls in fp32 (each layer's "
+                                            "feed-forward output, then its other projections) and check again."),
 ) -> None:
     """Export the whole student (encoder, MoE, heads; task id as an input) next to the checkpoint."""
     from rich.console import Console
