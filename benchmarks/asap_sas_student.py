@@ -629,8 +629,10 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
     if e:
         checks.append(("Student ≥ 7× smaller on disk than the Individual set",
                        e["disk_ratio_individual_over_student"] >= 7, f"{e['disk_ratio_individual_over_student']:.2f}×"))
-    if g:
-        checks.append(("Fisher-z mean QWK ≥ 0.75 on the base tasks", g["fisher_z_qwk"] >= 0.75, f(g["fisher_z_qwk"])))
+    for label, key in (("UniMoE-Guided", "unimoe_guided"), ("UniMoE", "unimoe"), ("MTL", "mtl")):
+        if R.get(key):
+            z = R[key]["fisher_z_qwk"]
+            checks.append((f"Fisher-z mean QWK ≥ 0.75 on the base tasks ({label})", z >= 0.75, f(z)))
     if ad and ad.get("individual-new") and ad.get("adapt-moe"):
         ipt = ad["individual-new"]["new_test"]["per_task"]
         for k in ADAPT_VARIANTS:
@@ -703,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     md = a.md or REPO / "docs" / "benchmarks" / f"student{suffix}.md"
     cmd = "python benchmarks/asap_sas_student.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_markdown(md, bench, R, cmd.strip(), os.path.relpath(png, md.parent), time.time() - t0)
-    log(f"wrote {md} and {png} ({(time.time() - t0) / 60:.1f} min)")
+    log(f"wrote {md}" + (f" and {png}" if "expert_usage" in R else "") + f" ({(time.time() - t0) / 60:.1f} min)")
     return 0
 
 
