@@ -26,7 +26,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,19 +40,19 @@ LR_NEW = 1e-3
 # Adaptation variants (AdaptArguments overrides): the MTL way, then UniMoE adaptation plain, with the TF-IDF
 # teacher on the new tasks, with self-distillation of the rehearsal rows, with a 10x lower MoE learning rate
 # ("lightly tuning" the shared experts), and with both.
-ADAPT_VARIANTS: dict[str, dict[str, Any]] = {
-    "adapt-head": {"mode": "head"},
-    "adapt-moe": {"mode": "moe", "lambda_self_kd": 0.0},
-    "adapt-moe-kd": {"mode": "moe", "lambda_kd": 1.0, "lambda_self_kd": 0.0},
-    "adapt-moe-self": {"mode": "moe", "lambda_self_kd": 1.0},  # the add-task default since this measurement
-    "adapt-moe-lowlr": {"mode": "moe", "lr_moe": 1e-4, "lambda_self_kd": 0.0},
-    "adapt-moe-self-lowlr": {"mode": "moe", "lambda_self_kd": 1.0, "lr_moe": 1e-4},
+ADAPT_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adapt-head": ("MTL way (new head only)", {"mode": "head"}),
+    "adapt-moe": ("UniMoE adaptation", {"mode": "moe", "lambda_self_kd": 0.0}),
+    "adapt-moe-kd": ("UniMoE adaptation + KD (TF-IDF teacher, new tasks)",
+                     {"mode": "moe", "lambda_kd": 1.0, "lambda_self_kd": 0.0}),
+    # the add-task default since this measurement
+    "adapt-moe-self": ("UniMoE adaptation + self-distillation of rehearsal rows (λ 1)",
+                       {"mode": "moe", "lambda_self_kd": 1.0}),
+    "adapt-moe-lowlr": ("UniMoE adaptation, MoE lr 1e-4 (head 1e-3)",
+                        {"mode": "moe", "lr_moe": 1e-4, "lambda_self_kd": 0.0}),
+    "adapt-moe-self-lowlr": ("UniMoE adaptation + self-distillation, MoE lr 1e-4",
+                             {"mode": "moe", "lambda_self_kd": 1.0, "lr_moe": 1e-4}),
 }
-ADAPT_LABELS = {"adapt-head": "MTL way (new head only)", "adapt-moe": "UniMoE adaptation",
-                "adapt-moe-kd": "UniMoE adaptation + KD (TF-IDF teacher, new tasks)",
-                "adapt-moe-self": "UniMoE adaptation + self-distillation of rehearsal rows (λ 1)",
-                "adapt-moe-lowlr": "UniMoE adaptation, MoE lr 1e-4 (head 1e-3)",
-                "adapt-moe-self-lowlr": "UniMoE adaptation + self-distillation, MoE lr 1e-4"}
 
 PLACEMENT_NAMES = {"token": "token-wise", "pooled": "pooled"}
 
@@ -91,9 +90,9 @@ class Bench:
         self.out = out
         self.budget_name = budget
         self.b = dict(BUDGETS[budget])
-        if epochs is not None:  # Individual keeps its one extra epoch (8x fewer optimizer steps per model)
-            self.b.update(epochs=epochs, individual_epochs=epochs + (self.b.get("individual_epochs", epochs)
-                                                                      - BUDGETS[budget]["epochs"]))
+        if epochs is not None:  # Individual keeps its extra epoch (8x fewer optimizer steps per model)
+            extra = self.b.get("individual_epochs", self.b["epochs"]) - self.b["epochs"]
+            self.b.update(epochs=epochs, individual_epochs=epochs + extra)
         self.placement = placement
         self.encoder = encoder
         self.data_path = data_path
@@ -185,7 +184,6 @@ class Bench:
         """The teacher's own test metrics (its full-fit predictions of the test rows)."""
         from rubricate.data.teacher_file import read_teacher_file
         from rubricate.labels import LabelEncoding
-        from rubricate.metrics import Predicted
 
         rows = read_teacher_file(self.teacher_path)
         gold = self.rows("test", tasks)
@@ -375,7 +373,7 @@ class Bench:
         res: dict[str, Any] = {}
         base_ck = self.out / "runs" / "unimoe_guided"
         new_tasks = [self.registry.get(t) for t in NEW]
-        for name, kw in ADAPT_VARIANTS.items():
+        for name, (_, kw) in ADAPT_VARIANTS.items():
 
             def run(kw: dict[str, Any] = kw, name: str = name) -> dict[str, Any]:
                 kd = kw.get("lambda_kd", 0.0)
@@ -581,7 +579,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
             pt = ind["new_test"]["per_task"]
             L.append(f"| Individual (2 new full models) | 100% (new models: {ind['trainable_parameters']:,} params) | "
                      f"{f(pt['asap-sas-9']['qwk'])} | {f(pt['asap-sas-10']['qwk'])} | (untouched) | 0 |")
-        for key, label in ADAPT_LABELS.items():
+        for key, (label, _) in ADAPT_VARIANTS.items():
             x = ad.get(key)
             if not x:
                 continue

@@ -14,7 +14,6 @@ Options compared: ``default`` (what ``OnnxEngine`` uses), ``noarena`` (CPU memor
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 

@@ -105,12 +105,12 @@ def test_int8_exclusion_keeps_the_matching_matmuls_in_fp32(exported: Path, tmp_p
 
     import onnx
 
-    from rubricate.student.export import INT8_FALLBACK_EXCLUDE, export_checkpoint
+    from rubricate.student.export import INT8_FALLBACK_STEPS, export_checkpoint
 
     ck = tmp_path / "ck"
     shutil.copytree(exported, ck)
     n_layers = json.loads((ck / "config.json").read_text())["model"]["encoder_config"]["num_hidden_layers"]
-    rep = export_checkpoint(ck, int8=True, int8_exclude=INT8_FALLBACK_EXCLUDE)
+    rep = export_checkpoint(ck, int8=True, int8_exclude=INT8_FALLBACK_STEPS[0])
     assert rep.int8_excluded_nodes == n_layers and not rep.int8_fallback_used
     ops = {n.name: n.op_type for n in onnx.load(rep.int8_path).graph.node}
     kept = [n for n, op in ops.items() if op == "MatMul" and re.search(r"layer\.\d+/output/dense/", n)]
