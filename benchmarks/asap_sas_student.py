@@ -52,6 +52,9 @@ ADAPT_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"mode": "moe", "lr_moe": 1e-4, "lambda_self_kd": 0.0}),
     "adapt-moe-self-lowlr": ("UniMoE adaptation + self-distillation, MoE lr 1e-4",
                              {"mode": "moe", "lambda_self_kd": 1.0, "lr_moe": 1e-4}),
+    # beyond the paper: the encoder's last layer trains too (lr 5e-5), for set 9's gap to Individual
+    "adapt-moe-self-enc1": ("UniMoE adaptation + self-distillation + last encoder layer trained",
+                            {"mode": "moe", "lambda_self_kd": 1.0, "train_encoder_layers": 1}),
 }
 
 PLACEMENT_NAMES = {"token": "token-wise", "pooled": "pooled"}

@@ -99,6 +99,14 @@ def fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def per_set_note(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """The rows may come from invocations with different --limit: say so instead of quoting this one's."""
+    ns = sorted({r["n"] for r in rows})
+    if len(ns) > 1:
+        return f"{' or '.join(map(str, ns))} (see the n column; earlier invocations used other --limit values)"
+    return str(ns[0]) if ns else str(args.limit or "all (100)")
+
+
 def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace, plot: Path | None, wall_s: float) -> None:
     cmd = "python benchmarks/autoscore_asap.py " + " ".join(sys.argv[1:])
     lines = [
@@ -109,7 +117,7 @@ def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace, plot: Path |
         f"load average at the end {os.getloadavg()[0]:.1f}; Python {platform.python_version()}; date "
         f"{dt.date.today().isoformat()}; wall time of this invocation {wall_s / 60:.1f} min (rows of earlier "
         "invocations on the same --out-dir are included; their seconds are their own).  ",
-        f"Responses per set: {args.limit or 'all (100)'} of AutoSCORE's evaluation subset; temperature 0; "
+        f"Responses per set: {per_set_note(rows, args)} of AutoSCORE's evaluation subset; temperature 0; "
         "grammar-constrained JSON (llama.cpp); scoring agent = LLM, `rule QWK` = the task's deterministic "
         "scoring rules applied to the same extraction.",
         "",
@@ -190,6 +198,8 @@ def main() -> None:
                     help="token cap of the extraction (a reply cut off there is retried at the same cap)")
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "autoscore", help="results JSONL + request cache")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="call the model even when the request cache has the answer (to re-time rows)")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks" / "agents.md")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks" / "agents_qwk_vs_seconds.png")
     args = ap.parse_args()
@@ -205,7 +215,7 @@ def main() -> None:
         raise SystemExit(f"unknown sets {unknown}; choose from {list(SETS)}")
     tasks = {s: bench_task(args.tasks, args.data, s) for s in sets}
     records = {s: subset_records(args.data, s, args.limit) for s in sets}
-    cache = RequestCache(args.out_dir / "cache")
+    cache = None if args.no_cache else RequestCache(args.out_dir / "cache")
     rows: list[dict[str, Any]] = []
     for model in [m for m in args.models.split(",") if m]:
         backend = make_backend("local", model=model, n_ctx=args.n_ctx)

@@ -230,6 +230,41 @@ def test_add_task_lr_moe_zero_leaves_old_tasks_exactly_as_they_were(setup, tmp_p
     assert res.old_after == res.old_before
 
 
+@pytest.mark.parametrize("mode", ["moe", "head"])
+def test_add_task_train_encoder_layers_moves_only_the_top_layers(setup, tmp_path, mode: str) -> None:
+    """``train_encoder_layers=1`` trains the last encoder layer (with rehearsal in both modes); lower layers,
+    embeddings and old heads stay bit-identical, and forgetting is measured on live encoder outputs."""
+    ck = setup["res"].checkpoint_dir
+    res = add_task(ck, setup["reg"].get("tiny-new"), tiny_records("tiny-new", 60),
+                   tiny_records("tiny-new", 20, seed=1, prefix="v"), tmp_path / "adapted",
+                   old_train_records=setup["tr"], old_eval_records=setup["va"],
+                   args=AdaptArguments(mode=mode, rehearsal_size=40, epochs=1, train_encoder_layers=1,
+                                       lr_encoder=1e-2, progress=False))
+    before, *_ = load_checkpoint(ck)
+    after, *_ = load_checkpoint(res.checkpoint_dir)
+    b, a = before.state_dict(), after.state_dict()
+    top = "encoder.encoder.layer.1."
+    assert any(k.startswith(top) for k in b)
+    assert all(not torch.equal(b[k], a[k]) for k in b if k.startswith(top) and k.endswith("dense.weight"))
+    assert all(torch.equal(b[k], a[k]) for k in b
+               if k.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.", "heads.0.", "heads.1.")))
+    assert res.frozen_unchanged and set(res.old_after) == {"tiny-ord", "tiny-crit"}
+    assert res.trainable_parameters > sum(p.numel() for p in before.encoder.encoder.layer[1].parameters())
+    # the encoder moved under the old tasks too (also in head mode), so their outputs changed
+    rows = setup["va"][:8]
+    old = Scorer.from_pretrained(ck, backend="torch").predict([r.task_id for r in rows], [r.text for r in rows])
+    new = Scorer.from_pretrained(res.checkpoint_dir, backend="torch").predict([r.task_id for r in rows],
+                                                                              [r.text for r in rows])
+    assert any(not np.allclose(list(o.probs.values()), list(n.probs.values())) for o, n in zip(old, new))
+
+
+def test_add_task_train_encoder_layers_rejects_more_layers_than_the_encoder_has(setup, tmp_path) -> None:
+    with pytest.raises(InputError, match="train_encoder_layers=5 but the encoder has 2 layers"):
+        add_task(setup["res"].checkpoint_dir, setup["reg"].get("tiny-new"), tiny_records("tiny-new", 20),
+                 tiny_records("tiny-new", 10, seed=1, prefix="v"), tmp_path / "x",
+                 args=AdaptArguments(train_encoder_layers=5, progress=False))
+
+
 def test_shipped_recipes_parse_and_unknown_keys_name_the_file(repo_root: Path, tmp_path) -> None:
     for recipe in sorted((repo_root / "recipes").glob("*.yaml")):
         args = TrainingArguments.from_yaml(recipe)

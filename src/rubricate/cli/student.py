@@ -151,6 +151,9 @@ def add_task_cmd(
     lambda_self_kd: float = typer.Option(1.0, "--lambda-self-kd", help="Self-distillation weight on the rehearsal "
                                          "rows (the old tasks' outputs before add-task are the targets)."),
     self_kd_temperature: float = typer.Option(1.0, "--self-kd-temperature"),
+    train_encoder_layers: int = typer.Option(0, "--train-encoder-layers", help="Also train the encoder's last K "
+                                             "layers (0 = frozen encoder, the paper's recipe)."),
+    lr_encoder: float = typer.Option(5e-5, "--lr-encoder", help="Learning rate of those encoder layers."),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Add a task to a trained student; prints the trainable share and the forgetting report."""
@@ -172,7 +175,8 @@ def add_task_cmd(
         old_train, old_eval = op["train"], op["validation"]
     args = AdaptArguments(mode=mode, rehearsal_size=rehearsal_size, epochs=epochs, lr=lr,  # type: ignore[arg-type]
                           lr_moe=lr_moe, teacher_file=str(teacher) if teacher else None, lambda_kd=lambda_kd,
-                          lambda_self_kd=lambda_self_kd, self_kd_temperature=self_kd_temperature, seed=seed)
+                          lambda_self_kd=lambda_self_kd, self_kd_temperature=self_kd_temperature,
+                          train_encoder_layers=train_encoder_layers, lr_encoder=lr_encoder, seed=seed)
     res = add_task(model, list(new_reg), parts["train"], parts["validation"], out, old_train_records=old_train,
                    old_eval_records=old_eval, args=args)
     d = res.to_dict()
