@@ -592,8 +592,9 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
             L.append(f"| {label} | {100 * a['trainable_share']:.1f}% | {f(pt['asap-sas-9']['qwk'])} | "
                      f"{f(pt['asap-sas-10']['qwk'])} | {f(float(np.mean(list(bef.values()))))} → "
                      f"{f(float(np.mean(list(aft.values()))))} | {f(drop)} |")
-        L.append("\nOld-task QWK before/after is measured on the base test split; the encoder and old heads are "
-                 "frozen and verified bit-identical after training.\n")
+        L.append("\nOld-task QWK before/after is measured on the base test split; the old heads (and the encoder, "
+                 "except in variants that train its last layers) are frozen and verified bit-identical after "
+                 "training.\n")
 
     if R.get("expert_usage"):
         L.append("### 4. Expert usage\n")
