@@ -107,6 +107,12 @@ def per_set_note(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return str(ns[0]) if ns else str(args.limit or "all (100)")
 
 
+def threads_note(rows: list[dict[str, Any]]) -> str:
+    """Rows may come from invocations with different --threads (e.g. two 1-thread processes side by side)."""
+    ts = sorted({str(r.get("threads", "?")) for r in rows})
+    return " or ".join(ts) if ts else "?"
+
+
 def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace, plot: Path | None, wall_s: float) -> None:
     cmd = "python benchmarks/autoscore_asap.py " + " ".join(sys.argv[1:])
     lines = [
@@ -114,9 +120,11 @@ def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace, plot: Path |
         "",
         f"Command: `{cmd}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or 'cpu'}), "
-        f"load average at the end {os.getloadavg()[0]:.1f}; Python {platform.python_version()}; date "
+        f"llama.cpp threads per process {threads_note(rows)}, load average at the end "
+        f"{os.getloadavg()[0]:.1f}; Python {platform.python_version()}; date "
         f"{dt.date.today().isoformat()}; wall time of this invocation {wall_s / 60:.1f} min (rows of earlier "
-        "invocations on the same --out-dir are included; their seconds are their own).  ",
+        "invocations on the same --out-dir are included; their seconds are their own, and `measured` is "
+        "their date).  ",
         f"Responses per set: {per_set_note(rows, args)} of AutoSCORE's evaluation subset; temperature 0; "
         "grammar-constrained JSON (llama.cpp); scoring agent = LLM, `rule QWK` = the task's deterministic "
         "scoring rules applied to the same extraction.",
@@ -125,14 +133,16 @@ def write_doc(rows: list[dict[str, Any]], args: argparse.Namespace, plot: Path |
         "output never validated (they get no score, never a default one). `grounding` = share of evidence "
         "quotes that occur in the response. Seconds are wall-clock per response on this machine.",
         "",
-        "| model | mode | set | n | failed | QWK | accuracy | Pearson | Spearman | MAE | RMSE | rule QWK | grounding | s/response |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | set | n | failed | QWK | accuracy | Pearson | Spearman | MAE | RMSE | rule QWK | grounding "
+        "| s/response | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['mode']} | {r['set']} | {r['n']} | {fmt(r['failed_share'], 2)} | "
                      f"{fmt(r.get('qwk'))} | {fmt(r.get('accuracy'))} | {fmt(r.get('pearson'))} | "
                      f"{fmt(r.get('spearman'))} | {fmt(r.get('mae'))} | {fmt(r.get('rmse'))} | "
-                     f"{fmt(r.get('rule_qwk'))} | {fmt(r.get('grounding'), 2)} | {fmt(r['sec_per_response'], 1)} |")
+                     f"{fmt(r.get('rule_qwk'))} | {fmt(r.get('grounding'), 2)} | {fmt(r['sec_per_response'], 1)} | "
+                     f"{r.get('date', '-')} |")
     lines += ["", "Averaged over sets (QWK: mean of the per-set values):", "",
               "| model | mode | mean QWK | failed | s/response |", "|---|---|---|---|---|"]
     for (model, mode), agg in aggregate(rows).items():
@@ -197,6 +207,9 @@ def main() -> None:
     ap.add_argument("--extract-tokens", type=int, default=600,
                     help="token cap of the extraction (a reply cut off there is retried at the same cap)")
     ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="llama.cpp threads (default: the backend's, min(4, cores)); 1 lets two benchmark "
+                         "processes share a 2-core machine")
     ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "autoscore", help="results JSONL + request cache")
     ap.add_argument("--no-cache", action="store_true",
                     help="call the model even when the request cache has the answer (to re-time rows)")
@@ -218,7 +231,7 @@ def main() -> None:
     cache = None if args.no_cache else RequestCache(args.out_dir / "cache")
     rows: list[dict[str, Any]] = []
     for model in [m for m in args.models.split(",") if m]:
-        backend = make_backend("local", model=model, n_ctx=args.n_ctx)
+        backend = make_backend("local", model=model, n_ctx=args.n_ctx, n_threads=args.threads)
         for mode in [m for m in args.modes.split(",") if m]:
             # "multi-spans": the multi-agent pipeline with quotes restricted to the response's sentences
             base_mode, _, ev = mode.partition("-")
@@ -230,7 +243,9 @@ def main() -> None:
                 out = args.out_dir / backend.model / mode / f"{s}.jsonl"
                 print(f"[{model} {mode} {s}] {len(records[s])} responses -> {out}", flush=True)
                 res = score_responses(tasks[s], records[s], backend, cfg, cache=cache, output=out, progress=True)
-                row = {"model": backend.model, "mode": mode, "set": s, **evaluate(tasks[s], records[s], res)}
+                row = {"model": backend.model, "mode": mode, "set": s, "threads": backend.n_threads,
+                       "date": dt.date.today().isoformat(),
+                       **evaluate(tasks[s], records[s], res)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         del backend
