@@ -64,6 +64,8 @@ class FakeState:
         self.by_marker: Counter[str] = Counter()
         self.by_id: Counter[str] = Counter()
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
 
 
 def _instance(schema: dict[str, Any], words: list[str], score: int | None) -> Any:
@@ -101,6 +103,16 @@ def make_handler(state: FakeState):
             self.wfile.write(data)
 
         def do_POST(self) -> None:  # noqa: N802
+            with state.lock:
+                state.in_flight += 1
+                state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            try:
+                self._post()
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+
+        def _post(self) -> None:
             req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             user = next(m["content"] for m in req["messages"] if m["role"] == "user")
             marker = (re.search(r"MARK:(\w+)", user) or re.search(r"()", user)).group(1)
@@ -140,6 +152,13 @@ def make_handler(state: FakeState):
                 text = json.dumps({"rationale": "ok", "score": 7})
             elif is_score and marker == "fixonretry" and not retry:
                 text = json.dumps({"rationale": "ok"})
+            elif marker == "ungrounded" and agent == "extract":  # quotes the model made up
+                obj = _instance(schema, ["the", "moon", "is", "made", "of", "cheese"], None)
+                text = json.dumps(obj)
+            elif marker == "verifyfix" and agent == "verify":  # the verifier overturns names_a_d
+                obj["components"]["names_a_d"]["value"] = False
+                obj["corrections"] = ["names_a_d: the response does not say A and D are the same"]
+                text = json.dumps(obj)
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                       "finish_reason": "stop"}
             if marker == "logprobs" and req.get("logprobs") and is_score:
@@ -406,3 +425,124 @@ def test_span_evidence_restricts_quotes_to_the_response(fake_server):
     enum = sent["properties"]["names_a_d"]["properties"]["evidence"]["items"]["enum"]
     assert enum == response_spans(rec("s1", "valid", r_text).text, PipelineConfig().quote_chars)
     assert all(q in enum for c in r.components.values() for q in c.evidence)
+
+
+# --- evidence, rules, verifier: the audit trail -------------------------------------------------------
+def test_ungrounded_evidence_is_flagged_not_scored_away(fake_server):
+    [r] = run(fake_server, [rec("u1", "ungrounded")])
+    assert r.status == "ok"  # a made-up quote is flagged for the reviewer; the score itself is the scorer's
+    assert r.grounding_rate == 0.0
+    assert all(flags == [False] for flags in (c.grounded for c in r.components.values()))
+    assert sorted(r.ungrounded) == ["names_a_d: is made of cheese", "properties: is made of cheese"]
+
+
+def test_rule_scoring_replaces_the_scoring_agent(fake_server):
+    [r] = run(fake_server, [rec("q1", "valid")], PipelineConfig(scoring="rules"))
+    assert r.status == "ok" and r.scoring == "rules"
+    assert r.score == r.rule_score == 2 and r.scores == {"score": 2}  # names_a_d and one property
+    assert set(r.raw_outputs) == {"extract"} and [c.agent for c in r.calls] == ["extract"]
+
+
+def test_verifier_correction_replaces_the_extraction(fake_server):
+    [r] = run(fake_server, [rec("v1", "verifyfix")], PipelineConfig(verify=True))
+    assert r.status == "ok" and [c.agent for c in r.calls] == ["extract", "verify", "score"]
+    assert r.corrections == ["names_a_d: the response does not say A and D are the same"]
+    assert r.components["names_a_d"].value is False
+    assert r.rule_score == 0  # the rules see the corrected extraction
+    score_prompt = fake_server.requests[-1]["messages"][-1]["content"]
+    assert re.search(r'"names_a_d":\s*\{[^}]*"value":\s*false', score_prompt)  # the scorer sees the fix too
+
+
+def test_failed_scoring_leaves_no_rule_score_behind(fake_server):
+    [r] = run(fake_server, [rec("f1", "outofrange")], PipelineConfig(max_attempts=2))
+    assert r.status == "failed" and r.score is None
+    assert r.rule_score is None and r.rule_scores == {}  # nothing score-like survives a failure
+    assert r.components and "extract" in r.raw_outputs  # the valid extraction stays for the audit
+
+
+# --- concurrency limits -------------------------------------------------------------------------------
+def test_thread_pool_never_exceeds_the_concurrency_limit(fake_server):
+    recs = [rec(f"c{i}", "pace") for i in range(10)]
+    res = run(fake_server, recs, concurrency=3, backend_obj=backend(fake_server, max_concurrency=8))
+    assert [r.status for r in res] == ["ok"] * 10
+    assert fake_server.max_in_flight == 3  # really parallel, and never more than asked
+
+
+def test_async_scoring_never_exceeds_the_concurrency_limit(fake_server):
+    import asyncio
+
+    from rubricate.agents.pipeline import ascore_responses
+
+    recs = [rec(f"a{i}", "pace") for i in range(8)]
+    res = asyncio.run(ascore_responses(make_task(), recs, backend(fake_server, max_concurrency=8), concurrency=2))
+    assert [r.response_id for r in res] == [r.response_id for r in recs]
+    assert [r.status for r in res] == ["ok"] * 8
+    assert fake_server.max_in_flight == 2
+    fake_server.max_in_flight = 0
+    capped = asyncio.run(ascore_responses(make_task(), recs[:4], backend(fake_server, max_concurrency=1),
+                                          concurrency=4))
+    assert len(capped) == 4 and fake_server.max_in_flight == 1  # the backend's own cap wins over the caller's
+
+
+# --- cost ---------------------------------------------------------------------------------------------
+def test_price_table_gives_per_call_and_total_cost(fake_server, tmp_path):
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    inp = tmp_path / "in.csv"
+    inp.write_text("response_id,text\na,\"A and D, same density MARK:valid ID:a\"\n")
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("fake-model: {input: 2.0, output: 8.0}\nother-model: {input: 1.0, output: 1.0}\n")
+    out = tmp_path / "out.jsonl"
+    base = ["agents", "score", "--task", "gas", "--tasks", str(tasks_dir), "--input", str(inp), "--backend",
+            "openai", "--model", "fake-model", "--base-url", fake_server.url, "--api-key-env",
+            "RUBRICATE_TEST_UNSET_KEY", "--prices", str(prices)]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    res = CliRunner().invoke(app, base + ["--output", str(out)] + cache)
+    assert res.exit_code == 0, res.output
+    [row] = map(json.loads, out.read_text().splitlines())
+    assert [c["cost_usd"] for c in row["calls"]] == pytest.approx([(100 * 2 + 20 * 8) / 1e6] * 2)
+    assert row["cost_usd"] == pytest.approx(2 * (100 * 2 + 20 * 8) / 1e6)
+    again = tmp_path / "again.jsonl"  # same requests, now from the cache: they cost nothing
+    res = CliRunner().invoke(app, base + ["--output", str(again)] + cache)
+    [row2] = map(json.loads, again.read_text().splitlines())
+    assert row2["cost_usd"] == 0.0 and all(c["cached"] for c in row2["calls"])
+
+
+def test_bad_price_table_names_the_file_and_the_model(tmp_path):
+    from rubricate.agents.io import read_price_table
+    from rubricate.errors import InputError
+
+    bad = tmp_path / "prices.yaml"
+    bad.write_text("gpt-x: {input: cheap, output: 1}\n")
+    with pytest.raises(InputError, match=r"prices.yaml.*'gpt-x'.*numbers"):
+        read_price_table(bad)
+    bad.write_text("gpt-x: 3\n")
+    with pytest.raises(InputError, match=r"'gpt-x'"):
+        read_price_table(bad)
+    good = tmp_path / "p.json"
+    good.write_text('{"m": {"input": 0.5, "output": 1.5}}')
+    assert read_price_table(good) == {"m": (0.5, 1.5)}
+
+
+# --- the teacher bridge from self-consistency votes ----------------------------------------------------
+def test_teach_agents_turns_votes_into_soft_labels_and_skips_failures(fake_server, tmp_path):
+    out = tmp_path / "res.jsonl"
+    res = run(fake_server, [rec("v1", "votes"), rec("bad", "badjson")], PipelineConfig(samples=3, max_attempts=1),
+              output=out)
+    assert [r.status for r in res] == ["ok", "failed"]
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    teach = tmp_path / "teacher.jsonl"
+    cli = CliRunner().invoke(app, ["teach", "agents", "--results", str(out), "--tasks", str(tasks_dir),
+                                   "--out", str(teach)])
+    assert cli.exit_code == 0, cli.output
+    summary = json.loads(cli.output[cli.output.index("{"):])
+    assert summary["written"] == 1 and summary["skipped"] == {"failed": 1}
+    assert summary["distribution_sources"] == {"votes": 1}
+    from rubricate.data.teacher_file import read_teacher_file
+
+    rows = read_teacher_file(teach, {"gas": ["score>=1", "score>=2", "score>=3"]})
+    assert set(rows) == {("gas", "v1")}  # the failed response gives no label at all
+    assert rows[("gas", "v1")].as_probs().tolist() == pytest.approx([1.0, 1 / 3, 0.0])  # votes 1, 2, 1

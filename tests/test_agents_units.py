@@ -338,3 +338,36 @@ def test_spans_and_schemas_never_carry_what_breaks_llama_cpp_grammars():
                                                "c": {"type": "array", "items": {"enum": ["fine"]}}}}
     assert _grammar_unsafe_literals(schema) == ['say "hi"', "c\\d"]
     assert _grammar_unsafe_literals({"enum": ["it's", "café ’x’", "{[ ]}"]}) == []
+
+
+def test_llama_cpp_errors_become_a_failed_result_not_a_crash():
+    """llama.cpp raises ValueError for a prompt past the context window and RuntimeError for a failed decode:
+    both must fail that one response (a BackendError -> status 'failed'), not stop the batch."""
+    import threading
+
+    from rubricate.agents.backends import BackendError, LlamaCppBackend
+    from rubricate.agents.pipeline import AgentResult
+    from rubricate.data.records import Record
+
+    class Broken:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def create_chat_completion(self, **kw):
+            raise self.exc
+
+    task = task_from_dict(MULTI)
+    for exc in (ValueError("Requested tokens (5000) exceed context window of 4096"),
+                RuntimeError("llama_decode returned -3")):
+        b = LlamaCppBackend.__new__(LlamaCppBackend)  # no model file: the llama context is the broken fake
+        b.path, b.model, b.prompt_format, b.logprobs, b.seed, b.repeat_penalty = Path("x.gguf"), "x", "chat", \
+            False, 0, 1.0
+        b._slots, b._locks, b._guard, b._spare, b._grammars = {"extract": Broken(exc)}, \
+            {"extract": threading.Lock()}, threading.Lock(), None, {}
+        with pytest.raises(BackendError, match=type(exc).__name__):
+            b.complete([{"role": "user", "content": "hi"}], slot="extract")
+        b.params = lambda: {}  # type: ignore[method-assign]
+        b.name = "local"
+        r = AgentPipeline(task, b).score(Record("r1", task.id, "A and D"))
+        assert isinstance(r, AgentResult) and r.status == "failed" and r.score is None
+        assert type(exc).__name__ in r.error

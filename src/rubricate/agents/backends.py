@@ -151,7 +151,8 @@ class OpenAIBackend:
         self._openai = openai
 
     def params(self) -> dict[str, Any]:
-        return {"base_url": self.base_url, "structured": self.structured, "extra_body": self.extra_body}
+        return {"base_url": self.base_url, "structured": self.structured, "extra_body": self.extra_body,
+                "top_logprobs": self.top_logprobs}
 
     def _request(self, messages: list[Message], schema: dict | None, schema_name: str, temperature: float,
                  max_tokens: int, seed: int | None, logprobs: bool) -> dict[str, Any]:
@@ -337,7 +338,8 @@ class LlamaCppBackend:
 
     def params(self) -> dict[str, Any]:
         return {"path": self.path.name, "size": self.path.stat().st_size, "prompt_format": self.prompt_format,
-                "n_ctx": self.n_ctx, "seed": self.seed, "repeat_penalty": self.repeat_penalty}
+                "n_ctx": self.n_ctx, "seed": self.seed, "repeat_penalty": self.repeat_penalty,
+                "logprobs": self.logprobs, "top_logprobs": self.top_logprobs}
 
     def _llama(self, slot: str) -> Any:
         with self._guard:
@@ -384,8 +386,10 @@ class LlamaCppBackend:
                     out = llm.create_chat_completion(messages=messages, **kw)
                 else:
                     out = llm.create_completion(prompt=render_plain_prompt(messages), **kw)
-        except ValueError as e:  # e.g. prompt longer than the context window
-            raise BackendError(f"llama.cpp ({self.path.name}): {e}") from e
+        # a prompt longer than the context window (ValueError) or a failed decode (RuntimeError) is this
+        # response's failure, not the end of the batch
+        except (ValueError, RuntimeError) as e:
+            raise BackendError(f"llama.cpp ({self.path.name}): {type(e).__name__}: {e}") from e
         latency = time.perf_counter() - t0
         choice = out["choices"][0]
         text = choice["message"]["content"] if self.prompt_format == "chat" else choice["text"]

@@ -65,3 +65,37 @@ def read_responses(path: str | Path, *, task_id: str | None = None, id_col: str 
                                      column=score_col) from None
             out.append(Record(response_id=rid, task_id=tid, text=text, labels=labels, metadata={"line": line}))
     return out
+
+
+def read_price_table(path: str | Path) -> dict[str, tuple[float, float]]:
+    """Prices by model name from a YAML or JSON file, in USD per 1M tokens, for cost accounting::
+
+        gpt-4o: {input: 2.5, output: 10.0}
+        gpt-4o-mini: {input: 0.15, output: 0.6}
+
+    One file can price every model a team uses; a bad entry names the file and the model.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", file=path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise InputError(f"not YAML/JSON: {e}", file=path) from None
+    if not isinstance(doc, dict) or not doc:
+        raise InputError("expected a mapping: model name -> {input: USD per 1M tokens, output: ...}", file=path)
+    out: dict[str, tuple[float, float]] = {}
+    for model, entry in doc.items():
+        if not isinstance(entry, dict) or set(entry) - {"input", "output"} or "input" not in entry:
+            raise InputError("expected {input: <USD per 1M tokens>, output: <USD per 1M tokens>}", file=path,
+                             column=str(model))
+        try:
+            pin, pout = float(entry["input"]), float(entry.get("output", 0.0))
+        except (TypeError, ValueError):
+            raise InputError(f"prices must be numbers, got {entry}", file=path, column=str(model)) from None
+        if pin < 0 or pout < 0:
+            raise InputError(f"prices must be >= 0, got {entry}", file=path, column=str(model))
+        out[str(model)] = (pin, pout)
+    return out

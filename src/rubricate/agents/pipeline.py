@@ -65,6 +65,7 @@ class CallRecord(BaseModel):
     retries: int = 0
     cached: bool = False
     error: str | None = None
+    cost_usd: float | None = None  #: this call's cost (None without a price for the model; 0 when cached)
 
 
 class AgentResult(BaseModel):
@@ -351,15 +352,19 @@ class AgentPipeline:
             self._run(record, res)
             res.status = "ok"
         except _Failure as e:
+            # nothing score-like survives a failure: the rule score of a valid extraction whose scoring step
+            # failed is dropped too (the components and raw outputs stay, for the audit trail)
             res.status, res.error, res.score, res.scores = "failed", str(e), None, {}
+            res.rule_score, res.rule_scores = None, {}
             res.score_distribution = res.distribution_source = res.agreement = None
         res.latency_s = time.perf_counter() - t0
         res.tokens = {"in": sum(x.tokens_in for x in res.calls), "out": sum(x.tokens_out for x in res.calls),
                       "calls": len(res.calls), "cached_calls": sum(x.cached for x in res.calls)}
         if c.prices and self.backend.model in c.prices:
             pin, pout = c.prices[self.backend.model]
-            fresh = [x for x in res.calls if not x.cached]
-            res.cost_usd = (sum(x.tokens_in for x in fresh) * pin + sum(x.tokens_out for x in fresh) * pout) / 1e6
+            for x in res.calls:  # a cached call cost nothing this time
+                x.cost_usd = 0.0 if x.cached else (x.tokens_in * pin + x.tokens_out * pout) / 1e6
+            res.cost_usd = sum(x.cost_usd or 0.0 for x in res.calls)
         return res
 
     def _run(self, record: Record, res: AgentResult) -> None:

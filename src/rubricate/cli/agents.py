@@ -40,7 +40,8 @@ def score(
     evidence: str = typer.Option("free", "--evidence", help="free (the model writes quotes; grounding is checked) | "
                                                            "spans (quotes restricted to the response's sentences)."),
     concurrency: int = typer.Option(4, "--concurrency", "-j", help="Responses in flight (the local backend runs 1)."),
-    timeout: float = typer.Option(60.0, "--timeout", help="openai: seconds per request."),
+    timeout: float = typer.Option(60.0, "--timeout", help="openai: seconds per request (local calls are bounded "
+                                  "by their token caps)."),
     max_retries: int = typer.Option(4, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
     n_ctx: int = typer.Option(4096, "--n-ctx", help="local: context window."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Switch the on-disk request cache off."),
@@ -48,12 +49,14 @@ def score(
     no_resume: bool = typer.Option(False, "--no-resume", help="Start the output file afresh instead of resuming."),
     price_in: Optional[float] = typer.Option(None, "--price-in", help="USD per 1M input tokens (enables cost)."),
     price_out: Optional[float] = typer.Option(None, "--price-out", help="USD per 1M output tokens."),
+    prices_file: Optional[Path] = typer.Option(None, "--prices", help="Price table (YAML/JSON): model -> {input, "
+                                               "output} in USD per 1M tokens; --price-in/--price-out override it."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N responses."),
 ) -> None:
     """Score responses with the agents; every row keeps score, status, evidence, raw outputs, tokens, latency."""
     from rubricate.agents.backends import make_backend
     from rubricate.agents.cache import RequestCache, default_cache_dir
-    from rubricate.agents.io import read_responses
+    from rubricate.agents.io import read_price_table, read_responses
     from rubricate.agents.pipeline import PipelineConfig, score_responses, summarize
     from rubricate.tasks import TaskRegistry
 
@@ -65,17 +68,21 @@ def score(
         registry.get(r.task_id)
     if limit is not None:
         records = records[:limit]
+    prices = read_price_table(prices_file) if prices_file is not None else {}  # bad file: fail before model load
     kw: dict = {}
     if backend == "openai":
         kw = dict(structured=structured, timeout_s=timeout, max_retries=max_retries)
     elif backend == "local":
         kw = dict(n_ctx=n_ctx, logprobs=logprobs)
     llm = make_backend(backend, model=model, base_url=base_url, api_key_env=api_key_env, **kw)  # type: ignore[arg-type]
-    prices = {llm.model: (price_in, price_out or 0.0)} if price_in is not None else None
+    if price_in is not None:
+        prices[llm.model] = (price_in, price_out or 0.0)
+    if prices_file is not None and llm.model not in prices:
+        typer.echo(f"note: {prices_file} has no price for model '{llm.model}'; cost is not computed", err=True)
     config = PipelineConfig(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
                             feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
                             temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
-                            rationale_chars=rationale_chars, evidence=evidence, prices=prices)
+                            rationale_chars=rationale_chars, evidence=evidence, prices=prices or None)
     cache = RequestCache(cache_dir or default_cache_dir(), enabled=not no_cache)
     results = score_responses(registry, records, llm, config, cache=cache, output=output, resume=not no_resume,
                               concurrency=concurrency, progress=True)
