@@ -68,6 +68,24 @@ def test_local_backend_end_to_end_two_responses(tmp_path):
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_gemma3_by_gguf_path_uses_a_plain_prompt(tmp_path):
+    """Gemma 3 270M is a base model with no chat template: loaded from any GGUF path, it is prompted as a plain
+    completion, and constrained decoding still gives a schema-valid score."""
+    from rubricate.agents.backends import BackendError, gemma3_path
+
+    try:
+        path = gemma3_path()
+    except BackendError as e:
+        pytest.skip(str(e))
+    link = tmp_path / "my-model.gguf"  # an arbitrary user path, not the packaged alias
+    link.symlink_to(path)
+    backend = make_backend("local", model=str(link), n_ctx=2048)
+    assert backend.prompt_format == "completion" and backend.model == "my-model.gguf"
+    [r] = score_responses(TASK, RESPONSES[:1], backend, PipelineConfig(mode="single", **CONFIG))
+    assert r.status == "ok", r.error
+    assert r.score in (0, 1, 2) and r.model == "my-model.gguf" and r.tokens["out"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
