@@ -59,6 +59,17 @@ ADAPT_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 PLACEMENT_NAMES = {"token": "token-wise", "pooled": "pooled"}
 
+# Ablation variants: overrides of the UniMoE-Guided arguments (a "method" key trains another method on the
+# same reduced budget, e.g. the MTL and UniMoE references for the expert-initialisation variants)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "pooled": {"moe_placement": "pooled"}, "experts-3": {"n_experts": 3}, "experts-5": {"n_experts": 5},
+    "lb-0": {"lambda_lb": 0.0}, "lb-0.1": {"lambda_lb": 0.1}, "kd-0.5": {"lambda_kd": 0.5},
+    "kd-2": {"lambda_kd": 2.0},
+    "zero-init": {"expert_init": "zero"}, "pooled-zero-init": {"moe_placement": "pooled", "expert_init": "zero"},
+    "mtl": {"method": "mtl"}, "unimoe": {"method": "unimoe"},
+    "unimoe-zero-init": {"method": "unimoe", "expert_init": "zero"},
+}
+
 # Budgets: rows per task and split (None = all), epochs, ablation subsample
 BUDGETS: dict[str, dict[str, Any]] = {
     # smoke: a pipeline check in a few minutes (development only; numbers meaningless)
@@ -97,6 +108,7 @@ class Bench:
             extra = self.b.get("individual_epochs", self.b["epochs"]) - self.b["epochs"]
             self.b.update(epochs=epochs, individual_epochs=epochs + extra)
         self.placement = placement
+        self.ablation_names: list[str] = list(self.b["ablations"])
         self.encoder = encoder
         self.data_path = data_path
         self.threads = threads
@@ -454,19 +466,17 @@ class Bench:
         # early stopping on a smaller validation sample keeps the ablations cheap; the test rows are the full ones
         va = self._cap(self.rows("validation", BASE), self.b["ablation_train_per_task"] // 3, rng)
         variants: dict[str, dict[str, Any]] = {"base (token, M=4, lb=0.01, kd=1)": {}}
-        table = {"pooled": {"moe_placement": "pooled"}, "experts-3": {"n_experts": 3}, "experts-5": {"n_experts": 5},
-                 "lb-0": {"lambda_lb": 0.0}, "lb-0.1": {"lambda_lb": 0.1}, "kd-0.5": {"lambda_kd": 0.5},
-                 "kd-2": {"lambda_kd": 2.0}}
-        for a in self.b["ablations"]:
-            variants[a] = table[a]
+        for a in self.ablation_names:
+            variants[a] = ABLATIONS[a]
         res = {}
         for name, kw in variants.items():
             slug = "ablation-" + name.split(" ")[0]
 
             def run(kw: dict[str, Any] = kw, slug: str = slug) -> dict[str, Any]:
                 ck = self.out / "runs" / slug
-                train(self.args("unimoe_guided", ck, task_ids=BASE, epochs=self.b["ablation_epochs"], evals_per_epoch=1,
-                                **kw),
+                over = {k: v for k, v in kw.items() if k != "method"}
+                train(self.args(kw.get("method", "unimoe_guided"), ck, task_ids=BASE, epochs=self.b["ablation_epochs"],
+                                evals_per_epoch=1, **over),
                       registry=self.registry, train_records=tr, val_records=va)
                 test = self.rows("test", BASE)
                 return {"settings": kw, "test": self.evaluate(test, self.predict(ck, test), slug),
@@ -672,12 +682,19 @@ def main(argv: list[str] | None = None) -> int:
                          "'placement' step)")
     ap.add_argument("--epochs", type=float, default=None,
                     help="override the budget's epochs (Individual keeps its extra epoch); use a separate --out")
+    ap.add_argument("--ablations", default=None,
+                    help=f"comma-separated ablation variants instead of the budget's ({', '.join(ABLATIONS)})")
     ap.add_argument("--md", type=Path, default=None, help="markdown output (default docs/benchmarks/student[-budget].md)")
     a = ap.parse_args(argv)
     t0 = time.time()
     enc_slug = Path(a.encoder).name
     out = a.out or REPO / "runs" / f"bench_student_{a.budget}_{enc_slug}"
     bench = Bench(out, a.budget, a.encoder, a.data, a.threads, placement=a.moe_placement, epochs=a.epochs)
+    if a.ablations is not None:
+        unknown = [x for x in a.ablations.split(",") if x and x not in ABLATIONS]
+        if unknown:
+            ap.error(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
+        bench.ablation_names = [x for x in a.ablations.split(",") if x]
     methods = [m for m in a.methods.split(",") if m]
     skip = {s for s in a.skip.split(",") if s}
     if a.threads:

@@ -91,6 +91,24 @@ def test_moe_block_is_residual_layernorm_of_weighted_experts() -> None:
     assert yt.shape == (2, 5, 8)
 
 
+def test_zero_expert_init_starts_as_layernorm_of_the_input_and_still_learns() -> None:
+    """expert_init='zero': a new MoE block adds nothing to the encoder's states at first (only its LayerNorm),
+    yet the experts receive gradient through their zeroed output layer and leave zero after one step."""
+    torch.manual_seed(0)
+    block = MoEBlock(hidden=8, inner=6, n_experts=3, task_emb_dim=4, gate_hidden=5, dropout=0.0,
+                     expert_init="zero")
+    x, temb = torch.randn(2, 5, 8), torch.randn(2, 4)
+    y, alpha = block(x, temb)
+    assert torch.allclose(y, block.norm(x), atol=1e-6) and torch.allclose(alpha.sum(-1), torch.ones(2))
+    (y * torch.randn_like(y)).sum().backward()
+    assert all(e.fc2.weight.grad.abs().sum() > 0 for e in block.experts)
+    torch.optim.SGD(block.parameters(), lr=0.1).step()
+    y2, _ = block(x, temb)
+    assert not torch.allclose(y2, block.norm(x), atol=1e-4)
+    with pytest.raises(ValueError, match="expert_init"):
+        StudentConfig(task_ids=["a"], n_labels=[2], expert_init="ones")  # type: ignore[arg-type]
+
+
 def test_bce_loss_matches_hand_computation_and_masks() -> None:
     logits = torch.tensor([[0.0, 2.0, 5.0], [-1.0, 1.0, 0.0]])
     targets = torch.tensor([[1.0, 0.0, float("nan")], [0.0, 1.0, 1.0]])

@@ -14,6 +14,10 @@ One readable file, in the spirit of Hugging Face modeling files (shapes are comm
     summary is the masked mean of the block's input tokens;
   - ``"pooled"``: experts on the pooled vector (as the authors' code does); the summary is the vector itself.
 
+  ``expert_init="zero"`` starts every expert's output layer at zero, so a new block first passes its
+  input through (up to the LayerNorm) instead of adding random noise to a pre-trained encoder's states;
+  ``"random"`` is PyTorch's default initialisation.
+
 * **Heads** - one per task: Linear -> ReLU -> Dropout -> Linear, giving logits over the task's binary
   labels (``rubricate.labels.LabelEncoding``: analytic criteria and cumulative ordinal indicators).
 
@@ -37,6 +41,7 @@ from torch import nn
 
 Pooling = Literal["mean", "cls"]
 Placement = Literal["token", "pooled"]
+ExpertInit = Literal["random", "zero"]
 
 ENCODER_ALIASES = ("minilm", "mpnet")
 
@@ -116,6 +121,7 @@ class StudentConfig:
     n_moe_layers: int = 2
     moe_placement: Placement = "token"
     expert_hidden: int | None = None  # None -> the encoder's hidden size
+    expert_init: ExpertInit = "random"  # "zero": experts' output layers start at 0 (see the module docstring)
     gate_hidden: int = 128
     task_emb_dim: int = 32
     head_hidden: int = 256
@@ -132,6 +138,8 @@ class StudentConfig:
             raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
         if self.moe_placement not in ("token", "pooled"):
             raise ValueError(f"moe_placement must be 'token' or 'pooled', got {self.moe_placement!r}")
+        if self.expert_init not in ("random", "zero"):
+            raise ValueError(f"expert_init must be 'random' or 'zero', got {self.expert_init!r}")
         if self.use_moe and (self.n_experts < 1 or self.n_moe_layers < 1):
             raise ValueError("a MoE model needs n_experts >= 1 and n_moe_layers >= 1")
 
@@ -157,12 +165,15 @@ class StudentConfig:
 class Expert(nn.Module):
     """Two-layer feed-forward expert: Linear -> GELU -> Dropout -> Linear."""
 
-    def __init__(self, hidden: int, inner: int, dropout: float) -> None:
+    def __init__(self, hidden: int, inner: int, dropout: float, init: ExpertInit = "random") -> None:
         super().__init__()
         self.fc1 = nn.Linear(hidden, inner)
         self.act = nn.GELU()
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(inner, hidden)
+        if init == "zero":  # the expert adds nothing until training moves fc2 (fc1 keeps its random init)
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., H)
         return self.fc2(self.drop(self.act(self.fc1(x))))
@@ -195,9 +206,9 @@ class MoEBlock(nn.Module):
     """
 
     def __init__(self, hidden: int, inner: int, n_experts: int, task_emb_dim: int, gate_hidden: int,
-                 dropout: float) -> None:
+                 dropout: float, expert_init: ExpertInit = "random") -> None:
         super().__init__()
-        self.experts = nn.ModuleList(Expert(hidden, inner, dropout) for _ in range(n_experts))
+        self.experts = nn.ModuleList(Expert(hidden, inner, dropout, expert_init) for _ in range(n_experts))
         self.gate = TaskAwareGate(hidden, task_emb_dim, gate_hidden, n_experts)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(hidden)
@@ -277,7 +288,8 @@ class StudentModel(nn.Module):
             self.task_embedding = nn.Embedding(n_tasks, config.task_emb_dim)
             nn.init.normal_(self.task_embedding.weight, std=0.02)
             self.moe = nn.ModuleList(
-                MoEBlock(hidden, inner, config.n_experts, config.task_emb_dim, config.gate_hidden, config.dropout)
+                MoEBlock(hidden, inner, config.n_experts, config.task_emb_dim, config.gate_hidden, config.dropout,
+                         config.expert_init)
                 for _ in range(config.n_moe_layers))
         else:
             self.task_embedding = None

@@ -144,6 +144,7 @@ class TrainingArguments:
     n_moe_layers: int = 2
     moe_placement: Literal["token", "pooled"] = "token"
     expert_hidden: int | None = None  #: expert inner size (None: the encoder's hidden size)
+    expert_init: Literal["random", "zero"] = "random"  #: "zero": experts' output layers start at 0 (modeling.py)
     gate_hidden: int = 128
     task_emb_dim: int = 32
     head_hidden: int = 256
@@ -227,6 +228,7 @@ class TrainingArguments:
                              pooling=self.pooling, max_length=self.max_length, use_moe=self.use_moe,
                              n_experts=self.n_experts, n_moe_layers=self.n_moe_layers,
                              moe_placement=self.moe_placement, expert_hidden=self.expert_hidden,
+                             expert_init=self.expert_init,
                              gate_hidden=self.gate_hidden, task_emb_dim=self.task_emb_dim,
                              head_hidden=self.head_hidden, dropout=self.dropout)
 
