@@ -546,3 +546,18 @@ def test_teach_agents_turns_votes_into_soft_labels_and_skips_failures(fake_serve
     rows = read_teacher_file(teach, {"gas": ["score>=1", "score>=2", "score>=3"]})
     assert set(rows) == {("gas", "v1")}  # the failed response gives no label at all
     assert rows[("gas", "v1")].as_probs().tolist() == pytest.approx([1.0, 1 / 3, 0.0])  # votes 1, 2, 1
+
+
+def test_resuming_with_another_mode_or_model_is_refused_not_mixed(fake_server, tmp_path):
+    from rubricate.errors import InputError
+
+    out = tmp_path / "res.jsonl"
+    run(fake_server, [rec("m1", "valid")], output=out)
+    with pytest.raises(InputError, match=r"res.jsonl, line 1, column 'mode'.*mode='multi'.*mode='single'"):
+        run(fake_server, [rec("m1", "valid"), rec("m2", "valid")], PipelineConfig(mode="single"), output=out)
+    other = OpenAIBackend("another-model", base_url=fake_server.url, api_key_env="RUBRICATE_TEST_UNSET_KEY")
+    with pytest.raises(InputError, match="column 'model'"):
+        run(fake_server, [rec("m1", "valid")], backend_obj=other, output=out)
+    assert len(out.read_text().splitlines()) == 1  # nothing was appended by the refused runs
+    res = run(fake_server, [rec("m1", "valid")], PipelineConfig(mode="single"), output=out, resume=False)
+    assert res[0].mode == "single" and len(out.read_text().splitlines()) == 1  # --no-resume starts afresh

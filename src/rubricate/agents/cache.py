@@ -112,15 +112,23 @@ class ResultsFile:
 
     ``done`` holds the keys already scored with status ``ok``; the last row of a key wins when the
     file is read back (a failure retried successfully is superseded, never double-counted).
+    ``expect`` (e.g. backend, model, mode) must match every row already in the file: resuming a file
+    written by another model or mode would silently mix two scorers' results, so it is an error.
     """
 
-    def __init__(self, path: str | Path, resume: bool = True) -> None:
+    def __init__(self, path: str | Path, resume: bool = True, expect: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[tuple[str, str]] = set()
         if self.path.exists() and resume:
             latest: dict[tuple[str, str], str] = {}
-            for _, row in iter_result_dicts(self.path, repair=True):
+            for line, row in iter_result_dicts(self.path, repair=True):
+                for k, want in (expect or {}).items():
+                    if k in row and row[k] != want:
+                        raise InputError(f"this results file was written with {k}={row[k]!r}, this run has "
+                                         f"{k}={want!r}; resuming would mix two scorers' results (use another "
+                                         "--output, or --no-resume to start it afresh)", file=self.path, line=line,
+                                         column=k)
                 latest[(str(row["task_id"]), str(row["response_id"]))] = row["status"]
             self.done = {k for k, status in latest.items() if status == "ok"}
         elif self.path.exists():

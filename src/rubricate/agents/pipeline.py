@@ -451,7 +451,9 @@ def score_responses(
         raise InputError(f"{len(dupes)} duplicate (task_id, response_id) keys in the input, e.g. {dupes[:3]}")
     pipelines = {tid: AgentPipeline(registry.get(tid), backend, config, cache)
                  for tid in dict.fromkeys(r.task_id for r in records)}
-    out = ResultsFile(output, resume=resume) if output is not None else None
+    cfg = config or PipelineConfig()
+    expect = {"backend": backend.name, "model": backend.model, "mode": cfg.mode, "scoring": cfg.scoring}
+    out = ResultsFile(output, resume=resume, expect=expect) if output is not None else None
     previous: dict[tuple[str, str], AgentResult] = {}
     if out is not None and out.done:
         latest = read_latest(out.path)
