@@ -107,6 +107,14 @@ def per_set_note(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return str(ns[0]) if ns else str(args.limit or "all (100)")
 
 
+def row_order(r: dict[str, Any]) -> tuple:
+    """Tables read model by model, then single / multi / multi-spans, then the sets in SETS order."""
+    models, modes = ["smollm2", "gemma3"], ["single", "multi", "multi-spans"]
+    return (models.index(r["model"]) if r["model"] in models else len(models), r["model"],
+            modes.index(r["mode"]) if r["mode"] in modes else len(modes), r["mode"],
+            list(SETS).index(r["set"]) if r["set"] in SETS else len(SETS))
+
+
 def threads_note(rows: list[dict[str, Any]]) -> str:
     """Rows may come from invocations with different --threads (e.g. two 1-thread processes side by side)."""
     ts = sorted({str(r.get("threads", "?")) for r in rows})
@@ -255,6 +263,7 @@ def main() -> None:
     done = {(r["model"], r["mode"], r["set"]) for r in rows}
     if summary.exists():
         rows = [r for r in json.loads(summary.read_text()) if (r["model"], r["mode"], r["set"]) not in done] + rows
+    rows.sort(key=row_order)
     summary.write_text(json.dumps(rows, indent=1))
     plot = make_plot(rows, args.plot)
     write_doc(rows, args, plot, time.perf_counter() - t0)
