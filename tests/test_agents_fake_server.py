@@ -465,7 +465,7 @@ def test_thread_pool_never_exceeds_the_concurrency_limit(fake_server):
     recs = [rec(f"c{i}", "pace") for i in range(10)]
     res = run(fake_server, recs, concurrency=3, backend_obj=backend(fake_server, max_concurrency=8))
     assert [r.status for r in res] == ["ok"] * 10
-    assert fake_server.max_in_flight == 3  # really parallel, and never more than asked
+    assert 1 < fake_server.max_in_flight <= 3  # really parallel, and never more than asked
 
 
 def test_async_scoring_never_exceeds_the_concurrency_limit(fake_server):
@@ -477,7 +477,7 @@ def test_async_scoring_never_exceeds_the_concurrency_limit(fake_server):
     res = asyncio.run(ascore_responses(make_task(), recs, backend(fake_server, max_concurrency=8), concurrency=2))
     assert [r.response_id for r in res] == [r.response_id for r in recs]
     assert [r.status for r in res] == ["ok"] * 8
-    assert fake_server.max_in_flight == 2
+    assert 1 < fake_server.max_in_flight <= 2
     fake_server.max_in_flight = 0
     capped = asyncio.run(ascore_responses(make_task(), recs[:4], backend(fake_server, max_concurrency=1),
                                           concurrency=4))
