@@ -57,6 +57,14 @@ def make_task():
     return task_from_dict(TASK_DICT)
 
 
+def write_tasks_dir(tmp_path: Path) -> Path:
+    """A task folder holding the test task, for the CLI verbs."""
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    return tasks_dir
+
+
 # --- the fake server ----------------------------------------------------------------------------------
 class FakeState:
     def __init__(self) -> None:
@@ -286,9 +294,7 @@ def test_logprob_distribution_and_teacher_bridge(fake_server, tmp_path):
     [r] = run(fake_server, [rec("r1", "logprobs")], cfg, output=out)
     assert r.score == 2 and r.distribution_source == "logprobs"
     assert r.score_distribution["score"] == pytest.approx([0.0, 0.3, 0.6, 0.1])
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    tasks_dir = write_tasks_dir(tmp_path)
     teach = tmp_path / "teacher.jsonl"
     res = CliRunner().invoke(app, ["agents", "teach", "--results", str(out), "--tasks", str(tasks_dir),
                                    "--out", str(teach)])
@@ -372,9 +378,7 @@ def test_resume_after_kill_scores_nothing_twice_and_loses_nothing(fake_server, t
 
 # --- the CLI ------------------------------------------------------------------------------------------
 def test_cli_score_against_server(fake_server, tmp_path):
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    tasks_dir = write_tasks_dir(tmp_path)
     inp = tmp_path / "in.csv"
     inp.write_text("response_id,text\n"
                    "a,\"A and D, same density MARK:valid ID:a\"\n"
@@ -395,9 +399,7 @@ def test_cli_score_against_server(fake_server, tmp_path):
 
 
 def test_cli_bad_input_names_file_line_and_column(tmp_path):
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    tasks_dir = write_tasks_dir(tmp_path)
     inp = tmp_path / "in.csv"
     inp.write_text("response_id,text\na,fine\nb,\n")
     res = CliRunner().invoke(app, ["agents", "score", "--task", "gas", "--tasks", str(tasks_dir), "--input",
@@ -486,9 +488,7 @@ def test_async_scoring_never_exceeds_the_concurrency_limit(fake_server):
 
 # --- cost ---------------------------------------------------------------------------------------------
 def test_price_table_gives_per_call_and_total_cost(fake_server, tmp_path):
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    tasks_dir = write_tasks_dir(tmp_path)
     inp = tmp_path / "in.csv"
     inp.write_text("response_id,text\na,\"A and D, same density MARK:valid ID:a\"\n")
     prices = tmp_path / "prices.yaml"
@@ -531,9 +531,7 @@ def test_teach_agents_turns_votes_into_soft_labels_and_skips_failures(fake_serve
     res = run(fake_server, [rec("v1", "votes"), rec("bad", "badjson")], PipelineConfig(samples=3, max_attempts=1),
               output=out)
     assert [r.status for r in res] == ["ok", "failed"]
-    tasks_dir = tmp_path / "tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "gas.json").write_text(json.dumps(TASK_DICT))
+    tasks_dir = write_tasks_dir(tmp_path)
     teach = tmp_path / "teacher.jsonl"
     cli = CliRunner().invoke(app, ["teach", "agents", "--results", str(out), "--tasks", str(tasks_dir),
                                    "--out", str(teach)])
