@@ -669,8 +669,8 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
         for name, ok, val in checks:
             L.append(f"| {name} | {'yes' if ok else '**no**'} | {val} |")
     if bench.budget_name != "full":
-        L.append("\n*Quick budget: a subsample and one epoch — these numbers check that the pipeline runs end to "
-                 "end; they are not the reported results.*")
+        L.append(f"\n*Budget `{bench.budget_name}`: a subsample of the training rows ({b['epochs']} epochs) — "
+                 "not the full-budget results.*")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(L) + "\n", encoding="utf-8")
 
