@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None,
                     help="llama.cpp threads (default: the backend's, min(4, cores)). Two 1-thread processes side "
-                         "by side were only 1.18x faster in all than one 2-thread process here, and each row's "
+                         "by side were only about 1.2x faster in all (4 Gemma multi responses each) than one 2-thread process here, and each row's "
                          "seconds then count a shared machine: run one process at a time")
     ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "autoscore", help="results JSONL + request cache")
     ap.add_argument("--no-cache", action="store_true",
