@@ -55,6 +55,8 @@ ADAPT_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # beyond the paper: the encoder's last layer trains too (lr 5e-5), for set 9's gap to Individual
     "adapt-moe-self-enc1": ("UniMoE adaptation + self-distillation + last encoder layer trained",
                             {"mode": "moe", "lambda_self_kd": 1.0, "train_encoder_layers": 1}),
+    "adapt-moe-self-enc2": ("UniMoE adaptation + self-distillation + last 2 encoder layers trained",
+                            {"mode": "moe", "lambda_self_kd": 1.0, "train_encoder_layers": 2}),
 }
 
 PLACEMENT_NAMES = {"token": "token-wise", "pooled": "pooled"}
@@ -100,8 +102,9 @@ def log(msg: str) -> None:
 
 class Bench:
     def __init__(self, out: Path, budget: str, encoder: str, data_path: Path, threads: int | None,
-                 placement: str = "token", epochs: float | None = None) -> None:
+                 placement: str = "token", epochs: float | None = None, seed: int = 42) -> None:
         self.out = out
+        self.seed = seed  # training seed only: the split (seed 13) and the row subsamples stay the same
         self.budget_name = budget
         self.b = dict(BUDGETS[budget])
         if epochs is not None:  # Individual keeps its extra epoch (8x fewer optimizer steps per model)
@@ -109,6 +112,7 @@ class Bench:
             self.b.update(epochs=epochs, individual_epochs=epochs + extra)
         self.placement = placement
         self.ablation_names: list[str] = list(self.b["ablations"])
+        self.adapt_names: list[str] = list(ADAPT_VARIANTS)
         self.encoder = encoder
         self.data_path = data_path
         self.threads = threads
@@ -173,7 +177,7 @@ class Bench:
         epochs = self.b.get("individual_epochs", self.b["epochs"]) if method == "individual" else self.b["epochs"]
         base = dict(encoder=self.encoder, method=method, output_dir=str(out_dir), epochs=epochs,
                     batch_size=32, lr_encoder=LR_ENCODER, lr_new=LR_NEW, warmup_ratio=0.06, evals_per_epoch=self.b["evals_per_epoch"],
-                    early_stopping_patience=2, num_threads=self.threads, seed=42, lambda_lb=0.01,
+                    early_stopping_patience=2, num_threads=self.threads, seed=self.seed, lambda_lb=0.01,
                     lambda_kd=1.0, kd_temperature=2.0, teacher_policy="ignore_extra", moe_placement=self.placement,
                     n_experts=4, n_moe_layers=2)
         if method == "unimoe_guided":
@@ -388,7 +392,8 @@ class Bench:
         res: dict[str, Any] = {}
         base_ck = self.out / "runs" / "unimoe_guided"
         new_tasks = [self.registry.get(t) for t in NEW]
-        for name, (_, kw) in ADAPT_VARIANTS.items():
+        for name in self.adapt_names:
+            kw = ADAPT_VARIANTS[name][1]
 
             def run(kw: dict[str, Any] = kw, name: str = name) -> dict[str, Any]:
                 kd = kw.get("lambda_kd", 0.0)
@@ -530,7 +535,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
     L.append(f"Training: {b['epochs']} epochs max ({b.get('individual_epochs', b['epochs'])} for Individual), batch 32, "
              f"AdamW (lr {LR_ENCODER:g} encoder / {LR_NEW:g} new), 6% warm-up then linear decay, "
              f"early stopping (patience 2) on validation mean QWK; λ_LB 0.01, λ_KD 1, τ 2; {PLACEMENT_NAMES[bench.placement]} experts, "
-             f"M=4, 2 MoE layers. Teacher: cross-fitted 5-fold TF-IDF (word 1-2 + char 2-5) logistic specialists.\n")
+             f"M=4, 2 MoE layers; training seed {bench.seed}. Teacher: cross-fitted 5-fold TF-IDF (word 1-2 + char 2-5) logistic specialists.\n")
 
     L.append("### 1. Reliability on the base tasks' test split (sets 1–8)\n")
     methods = [("Individual", "individual"), ("MTL", "mtl"), ("UniMoE", "unimoe"), ("UniMoE-Guided", "unimoe_guided"),
@@ -652,7 +657,7 @@ def write_markdown(path: Path, bench: Bench, R: dict[str, Any], cmd: str, png_re
         if R.get(key):
             z = R[key]["fisher_z_qwk"]
             checks.append((f"Fisher-z mean QWK ≥ 0.75 on the base tasks ({label})", z >= 0.75, f(z)))
-    if ad and ad.get("individual-new") and ad.get("adapt-moe"):
+    if ad and ad.get("individual-new"):
         ipt = ad["individual-new"]["new_test"]["per_task"]
         for k in ADAPT_VARIANTS:
             if not ad.get(k):
@@ -693,17 +698,28 @@ def main(argv: list[str] | None = None) -> int:
                     help="override the budget's epochs (Individual keeps its extra epoch); use a separate --out")
     ap.add_argument("--ablations", default=None,
                     help=f"comma-separated ablation variants instead of the budget's ({', '.join(ABLATIONS)})")
+    ap.add_argument("--adapt-variants", default=None,
+                    help=f"comma-separated adaptation variants instead of all ({', '.join(ADAPT_VARIANTS)})")
+    ap.add_argument("--seed", type=int, default=42,
+                    help="training seed (new-parameter init, dropout, batch order); the split and row subsamples "
+                         "do not change. Use a separate --out per seed")
     ap.add_argument("--md", type=Path, default=None, help="markdown output (default docs/benchmarks/student[-budget].md)")
     a = ap.parse_args(argv)
     t0 = time.time()
     enc_slug = Path(a.encoder).name
     out = a.out or REPO / "runs" / f"bench_student_{a.budget}_{enc_slug}"
-    bench = Bench(out, a.budget, a.encoder, a.data, a.threads, placement=a.moe_placement, epochs=a.epochs)
+    bench = Bench(out, a.budget, a.encoder, a.data, a.threads, placement=a.moe_placement, epochs=a.epochs,
+                  seed=a.seed)
     if a.ablations is not None:
         unknown = [x for x in a.ablations.split(",") if x and x not in ABLATIONS]
         if unknown:
             ap.error(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
         bench.ablation_names = [x for x in a.ablations.split(",") if x]
+    if a.adapt_variants is not None:
+        unknown = [x for x in a.adapt_variants.split(",") if x and x not in ADAPT_VARIANTS]
+        if unknown:
+            ap.error(f"unknown adaptation variants {unknown}; choose from {list(ADAPT_VARIANTS)}")
+        bench.adapt_names = [x for x in a.adapt_variants.split(",") if x]
     methods = [m for m in a.methods.split(",") if m]
     skip = {s for s in a.skip.split(",") if s}
     if a.threads:

@@ -20,6 +20,7 @@ from rubricate.metrics import (
     bootstrap_indices,
     bootstrap_multilabel,
     bootstrap_score_metrics,
+    compare_systems,
     confusion_counts,
     evaluate,
     fisher_z_mean,
@@ -446,3 +447,68 @@ def test_rater2_as_predictions_reproduces_human_human() -> None:
             weights="quadratic",
         )
     )
+
+
+def _noisier(preds: list[dict], every: int, seed: int) -> list[dict]:
+    """A copy of ``preds`` whose 'score' is moved by one step on every ``every``-th response."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, p in enumerate(preds):
+        q = json.loads(json.dumps(p))
+        if i % every == 0:
+            lo, hi = (0, 3) if q["task_id"] == "t1" else (1, 4)
+            q["scores"]["score"] = int(np.clip(q["scores"]["score"] + rng.choice([-1, 1]), lo, hi))
+        out.append(q)
+    return out
+
+
+def test_compare_systems_point_values_equal_two_separate_evaluations() -> None:
+    recs, preds = _data(n=80)
+    worse = _noisier(preds, 2, seed=3)
+    cmp = compare_systems(recs, preds, worse, _registry(), n_boot=300, seed=4, label_a="good", label_b="noisy")
+    ra, rb = evaluate(recs, preds, _registry(), n_boot=0), evaluate(recs, worse, _registry(), n_boot=0)
+    for e in cmp.entries:
+        qa = ra.task(e.task_id).scales[0].machine.qwk
+        qb = rb.task(e.task_id).scales[0].machine.qwk
+        assert (e.qwk_a, e.qwk_b) == (pytest.approx(qa), pytest.approx(qb))
+        assert e.diff == pytest.approx(qa - qb) and e.n == 80
+    assert cmp.across["fisher_z"]["a"] == pytest.approx(ra.across.machine.fisher_z)
+    assert cmp.across["fisher_z"]["b"] == pytest.approx(rb.across.machine.fisher_z)
+    assert cmp.across["mean"]["diff"] == pytest.approx(ra.across.machine.mean - rb.across.machine.mean)
+    # half the responses moved by one step: A is clearly better, and the paired interval says so
+    assert cmp.across["fisher_z"]["diff"] > 0
+    assert cmp.ci["fisher_z"].low > 0 and cmp.across["fisher_z"]["share_a_better"] > 0.97
+    d = cmp.to_dict()
+    assert d["label_a"] == "good" and d["entries"][0]["ci"]["n_boot"] == 300
+    json.dumps(d)
+
+
+def test_compare_systems_is_paired_and_antisymmetric() -> None:
+    recs, preds = _data(n=80)
+    other = _noisier(preds, 4, seed=5)
+    ab = compare_systems(recs, preds, other, _registry(), n_boot=200, seed=0)
+    ba = compare_systems(recs, other, preds, _registry(), n_boot=200, seed=0)
+    assert ba.across["fisher_z"]["diff"] == pytest.approx(-ab.across["fisher_z"]["diff"])
+    assert ba.ci["fisher_z"].low == pytest.approx(-ab.ci["fisher_z"].high)
+    # a scorer against itself: every resample gives a difference of exactly 0
+    same = compare_systems(recs, preds, preds, _registry(), n_boot=100, seed=0)
+    assert same.ci["fisher_z"].low == 0 == same.ci["fisher_z"].high
+    assert same.across["fisher_z"]["share_a_better"] == 0
+    # pairing: the interval of the difference is narrower than either scorer's own interval
+    ra = evaluate(recs, preds, _registry(), n_boot=200, seed=0)
+    width_own = ra.across.machine.ci["fisher_z"].high - ra.across.machine.ci["fisher_z"].low
+    assert ab.ci["fisher_z"].high - ab.ci["fisher_z"].low < width_own
+
+
+def test_compare_systems_missing_predictions_are_errors() -> None:
+    recs, preds = _data(n=20)
+    with pytest.raises(InputError, match="B: task 't1': 1 gold responses have no prediction"):
+        compare_systems(recs, preds, [p for p in preds if (p["task_id"], p["response_id"]) != ("t1", "3")],
+                        _registry(), n_boot=10)
+    with pytest.raises(InputError, match="A: duplicate prediction"):
+        compare_systems(recs, preds + preds[:1], preds, _registry(), n_boot=10)
+    with pytest.raises(ValueError, match="n_boot"):
+        compare_systems(recs, preds, preds, _registry(), n_boot=0)
+    # only the tasks both scorers cover are compared
+    only_t1 = [p for p in preds if p["task_id"] == "t1"]
+    assert {e.task_id for e in compare_systems(recs, only_t1, preds, _registry(), n_boot=10).entries} == {"t1"}

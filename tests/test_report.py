@@ -378,3 +378,26 @@ def test_cli_table_format_with_rater2_and_group_columns(tmp_path: Path) -> None:
         ],
     )
     assert res.exit_code == 2 and "KEY=COLUMN" in res.output
+
+
+def test_cli_report_against_a_second_scorer_writes_the_paired_comparison(tmp_path: Path) -> None:
+    tdir, _, recs, preds = _setup(tmp_path)
+    gold = write_records(recs, tmp_path / "gold.jsonl")
+    a = _jsonl(tmp_path / "student.jsonl", preds)
+    # the baseline predicts t2 one step too high on every third response, t1 exactly like the student
+    base = [dict(p, scores={"score": min(4, p["scores"]["score"] + 1)}) if p["task_id"] == "t2" and i % 3 == 0
+            else p for i, p in enumerate(preds)]
+    b = _jsonl(tmp_path / "baseline.jsonl", base)
+    out = tmp_path / "out"
+    args = ["report", "--gold", str(gold), "--pred", str(a), "--against", str(b), "--tasks", str(tdir),
+            "--out", str(out), "--formats", "json", "--no-plots"]
+    res = CliRunner().invoke(app, args + ["--n-boot", "100"])
+    assert res.exit_code == 0, res.output
+    d = json.loads((out / "comparison.json").read_text())
+    assert (d["label_a"], d["label_b"]) == ("student", "baseline")
+    by = {e["task_id"]: e for e in d["entries"]}
+    assert by["t1"]["diff"] == 0 and by["t1"]["ci"]["low"] == 0 == by["t1"]["ci"]["high"]
+    assert by["t2"]["qwk_a"] == 1.0 and by["t2"]["diff"] > 0 and by["t2"]["ci"]["low"] > 0
+    assert "Fisher-z" in res.output and "student minus baseline" in res.output
+    res = CliRunner().invoke(app, args + ["--n-boot", "0"])
+    assert res.exit_code == 2 and "--n-boot >= 1" in re.sub(r"[│╭╮╰╯─\s]+", " ", res.output)

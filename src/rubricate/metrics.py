@@ -60,6 +60,12 @@ for r and SMD, average ranks of the categories for ρ - every score metric is a 
 confusion matrix, so one matrix per resample is all that is needed). Across-task intervals resample responses within each task
 (stratified), so each replicate gives one value per task, aggregated as above.
 
+Comparing two scorers (:func:`compare_systems`, ``rubricate report --against``): per task and scale the
+difference ``QWK_A - QWK_B``, and across tasks the difference of the means and of the Fisher-z means, each
+with a **paired** percentile bootstrap interval: one resample of the responses per replicate scores both
+scorers, so the test-set luck the two share cancels. ``share_a_better`` is the fraction of replicates with
+a positive difference.
+
 Subgroups: when a group column is given (a key of ``Record.metadata``), the score metrics are repeated for
 each group value (score scales only), with its ``n`` and intervals. Responses without a value form
 the group ``"(missing)"``.
@@ -1252,3 +1258,144 @@ def evaluate(
         settings=settings,
         notes=report_notes,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Paired comparison of two scorers on the same gold responses
+# --------------------------------------------------------------------------------------------------------
+@dataclass
+class ScaleComparison:
+    """QWK of scorers A and B on one (task, scale), their difference and its paired bootstrap interval."""
+
+    task_id: str
+    scale_id: str
+    n: int
+    qwk_a: float
+    qwk_b: float
+    diff: float  # qwk_a - qwk_b
+    ci: Interval | None = None
+    share_a_better: float = math.nan  # fraction of defined resamples with diff > 0
+
+
+@dataclass
+class Comparison:
+    """Scorer A minus scorer B, per (task, scale) and across them (mean and Fisher-z mean QWK).
+
+    Both scorers are judged on the same resampled responses (one index matrix per scale), so the interval
+    is that of the *difference*: it is much narrower than two separate intervals would suggest whenever
+    the two scorers err on the same responses.
+    """
+
+    label_a: str
+    label_b: str
+    entries: list[ScaleComparison]
+    across: dict[str, dict[str, float]]  # 'mean' / 'fisher_z' -> {'a', 'b', 'diff', 'share_a_better'}
+    ci: dict[str, Interval] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(self)
+
+
+def compare_systems(
+    gold: Sequence[Record],
+    predictions_a: Sequence[Any],
+    predictions_b: Sequence[Any],
+    tasks: TaskRegistry,
+    *,
+    n_boot: int = DEFAULT_N_BOOT,
+    ci: float = DEFAULT_CI,
+    seed: int = DEFAULT_SEED,
+    constant_prediction: ConstantPolicy = "zero",
+    label_a: str = "A",
+    label_b: str = "B",
+) -> Comparison:
+    """Is scorer A better than scorer B on these responses? QWK differences with paired bootstrap CIs.
+
+    Why paired: two models scored on the same 150 responses share most of their test-set luck; resampling
+    responses once and scoring both on each resample removes that shared part, so a small but consistent
+    gain can be told from noise. Joins are by ``(task_id, response_id)``; both scorers must predict every
+    gold response of the tasks compared, and only tasks both cover are compared (an unmatched response is
+    an :class:`InputError`, as in :func:`evaluate` with ``missing="error"``). ``share_a_better`` is the
+    fraction of resamples in which A's statistic exceeds B's: a one-sided bootstrap support, not a p-value
+    corrected for multiple comparisons.
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1 for a comparison")
+    by: list[dict[tuple[str, str], Predicted]] = []
+    for who, preds in ((label_a, predictions_a), (label_b, predictions_b)):
+        d: dict[tuple[str, str], Predicted] = {}
+        for p in map(as_predicted, preds):
+            if p.key in d:
+                raise InputError(f"{who}: duplicate prediction for task '{p.task_id}', response "
+                                 f"'{p.response_id}'", file=p.source or None, column="response_id")
+            d[p.key] = p
+        by.append(d)
+    pa, pb = by
+    covered = {k[0] for k in pa} & {k[0] for k in pb}
+    gold_by_task: dict[str, list[Record]] = {}
+    for r in gold:
+        if r.task_id in covered:
+            gold_by_task.setdefault(r.task_id, []).append(r)
+    if not gold_by_task:
+        raise InputError(f"no task has gold records and predictions from both {label_a} and {label_b}")
+
+    entries: list[ScaleComparison] = []
+    reps_a: list[np.ndarray] = []
+    reps_b: list[np.ndarray] = []
+    for t_index, task_id in enumerate(gold_by_task):
+        task = tasks.get(task_id)
+        recs = gold_by_task[task_id]
+        for who, d in ((label_a, pa), (label_b, pb)):
+            miss = [r.response_id for r in recs if r.key not in d]
+            if miss:
+                raise InputError(f"{who}: task '{task_id}': {len(miss)} gold responses have no prediction, "
+                                 f"e.g. {miss[:5]}")
+        for s_index, sc in enumerate(task.scales):
+            rows = [r for r in recs if sc.id in r.labels]
+            if not rows:
+                continue
+            for who, d in ((label_a, pa), (label_b, pb)):
+                lack = [r.response_id for r in rows if sc.id not in d[r.key].scores]
+                if lack:
+                    raise InputError(f"{who}: task '{task_id}': {len(lack)} predictions have no '{sc.id}' "
+                                     f"score, e.g. responses {lack[:5]}", column="scores")
+            h = np.array([r.labels[sc.id] for r in rows], dtype=np.int64)
+            a = np.array([pa[r.key].scores[sc.id] for r in rows], dtype=np.int64)
+            b = np.array([pb[r.key].scores[sc.id] for r in rows], dtype=np.int64)
+            levels = list(range(sc.min, sc.max + 1))
+            qa = kappa(h, a, labels=levels, weights="quadratic", constant_prediction=constant_prediction)[0]
+            qb = kappa(h, b, labels=levels, weights="quadratic", constant_prediction=constant_prediction)[0]
+            idx = bootstrap_indices(len(h), n_boot, seed + 104729 * t_index + 15485863 * s_index)
+            ra = bootstrap_score_metrics(h, a, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)["qwk"]
+            rb = bootstrap_score_metrics(h, b, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)["qwk"]
+            reps_a.append(ra)
+            reps_b.append(rb)
+            d_reps = ra - rb
+            ok = ~np.isnan(d_reps)
+            entries.append(ScaleComparison(
+                task_id=task_id, scale_id=sc.id, n=len(h), qwk_a=qa, qwk_b=qb, diff=qa - qb,
+                ci=percentile_interval(d_reps, ci),
+                share_a_better=float((d_reps[ok] > 0).mean()) if ok.any() else math.nan))
+
+    qa_all = np.array([e.qwk_a for e in entries])
+    qb_all = np.array([e.qwk_b for e in entries])
+    ma, mb = np.stack(reps_a, axis=1), np.stack(reps_b, axis=1)  # (n_boot, entries)
+    across: dict[str, dict[str, float]] = {}
+    ci_out: dict[str, Interval] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, point, rep in (
+            ("mean", lambda q: float(np.nanmean(q)), lambda m: np.nanmean(m, axis=1)),
+            ("fisher_z", lambda q: float(fisher_z_mean(q)), lambda m: fisher_z_mean(m, axis=1)),
+        ):
+            d_rep = rep(ma) - rep(mb)
+            ok = ~np.isnan(d_rep)
+            across[name] = {"a": point(qa_all), "b": point(qb_all), "diff": point(qa_all) - point(qb_all),
+                            "share_a_better": float((d_rep[ok] > 0).mean()) if ok.any() else math.nan}
+            ci_out[name] = percentile_interval(d_rep, ci)
+    return Comparison(label_a=label_a, label_b=label_b, entries=entries, across=across, ci=ci_out,
+                      settings={"n_boot": n_boot, "ci": ci, "seed": seed, "constant_prediction": constant_prediction,
+                                "kappa_clip": KAPPA_CLIP})

@@ -68,6 +68,12 @@ def report(
     constant_prediction: str = typer.Option(
         "zero", "--constant-prediction", help="κ for a constant prediction: zero (its exact value) or nan."
     ),
+    against: Path | None = typer.Option(
+        None,
+        "--against",
+        help="A second scorer's predictions (same formats as --pred): also write comparison.json with the "
+        "QWK differences (--pred minus --against) and their paired bootstrap intervals.",
+    ),
     title: str | None = typer.Option(None, "--title", help="Report title."),
     formats: str = typer.Option("json,md,html", "--formats", help="Comma-separated: json, md, html."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw confusion-matrix PNGs."),
@@ -92,6 +98,9 @@ def report(
     if constant_prediction not in ("zero", "nan"):
         raise typer.BadParameter("use 'zero' or 'nan'", param_hint="--constant-prediction")
     fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
+    if against is not None and (pred is None or n_boot < 1):
+        raise typer.BadParameter("needs --pred FILE (the scorer compared) and --n-boot >= 1",
+                                 param_hint="--against")
     if human_human == (pred is not None):
         raise typer.BadParameter(
             "give either --pred FILE or --human-human (rater 2 as the scorer), not both/neither",
@@ -179,6 +188,40 @@ def report(
     Console().print(table)
     for k, p in written.items():
         console.print(f"wrote {k}: {p}")
+    if against is not None:
+        _write_comparison(records, predictions, against, registry, out, n_boot=n_boot, ci=ci, seed=seed,
+                          constant_prediction=constant_prediction, label_a=label)
+
+
+def _write_comparison(records: list, predictions: list, against: Path, registry, out: Path, *, n_boot: int,
+                      ci: float, seed: int, constant_prediction: str, label_a: str) -> None:
+    """``--against``: the paired comparison of the two scorers, printed and written to comparison.json."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rubricate.metrics import compare_systems
+    from rubricate.report import read_predictions
+
+    cmp = compare_systems(records, predictions, read_predictions(against, registry), registry, n_boot=n_boot,
+                          ci=ci, seed=seed, constant_prediction=constant_prediction,  # type: ignore[arg-type]
+                          label_a=label_a, label_b=against.stem)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "comparison.json"
+    path.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
+    table = Table(title=f"QWK: {cmp.label_a} minus {cmp.label_b} (paired bootstrap, {int(ci * 100)}% CI)")
+    for col in ("task / scale", "n", cmp.label_a, cmp.label_b, "A − B", "CI", "P(A > B)"):
+        table.add_column(col, justify="left" if col == "task / scale" else "right")
+    rows = [(f"{e.task_id} / {e.scale_id}", str(e.n), e.qwk_a, e.qwk_b, e.diff, e.ci, e.share_a_better)
+            for e in cmp.entries]
+    rows += [(name, "", v["a"], v["b"], v["diff"], cmp.ci[key], v["share_a_better"])
+             for key, name in (("mean", "mean"), ("fisher_z", "Fisher-z")) for v in [cmp.across[key]]]
+    for name, n, a, b, d, iv, share in rows:
+        table.add_row(name, n, f"{a:.4f}", f"{b:.4f}", f"{d:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
+                      f"{share:.3f}")
+    Console().print(table)
+    Console(stderr=True).print(f"wrote comparison: {path}")
 
 
 def register(app: typer.Typer) -> None:
