@@ -241,6 +241,16 @@ class Bench:
         s = Scorer.from_pretrained(ckpt, backend="torch")
         return s.predict([r.task_id for r in recs], [r.text for r in recs], response_ids=[r.response_id for r in recs])
 
+    def save_predictions(self, step: str, preds: list, path: Path | None = None) -> Path:
+        """Test-split predictions of a step as JSONL (``<out>/predictions/<step>.jsonl``), for paired
+        comparisons of two methods on the same responses (``benchmarks/student_seeds.py``)."""
+        path = path or self.out / "predictions" / f"{step}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for p in preds:
+                f.write(json.dumps(p.to_dict()) + "\n")
+        return path
+
     def train_method(self, method: str, name: str | None = None, **kw: Any) -> dict[str, Any]:
         """Train ``method`` on the base tasks (``kw`` overrides training arguments) and test it; step ``name``."""
         from rubricate.student.trainer import train
@@ -262,10 +272,9 @@ class Bench:
                     preds += self.predict(ck / t, [r for r in test if r.task_id == t])
             else:
                 preds = self.predict(ck, test)
-            if name == "unimoe_guided":
-                with (self.out / "unimoe_guided_test_predictions.jsonl").open("w") as f:
-                    for p in preds:
-                        f.write(json.dumps(p.to_dict()) + "\n")
+            self.save_predictions(name, preds)
+            if name == "unimoe_guided":  # the expert-usage heatmap reads the gate weights from here
+                self.save_predictions(name, preds, self.out / "unimoe_guided_test_predictions.jsonl")
             m = self.evaluate(test, preds, name)
             m["settings"] = kw
             if method == "individual":
@@ -484,8 +493,9 @@ class Bench:
                                 evals_per_epoch=1, **over),
                       registry=self.registry, train_records=tr, val_records=va)
                 test = self.rows("test", BASE)
-                return {"settings": kw, "test": self.evaluate(test, self.predict(ck, test), slug),
-                        "train_rows": len(tr)}
+                preds = self.predict(ck, test)
+                self.save_predictions(slug, preds)
+                return {"settings": kw, "test": self.evaluate(test, preds, slug), "train_rows": len(tr)}
 
             res[name] = self.step(slug, run)
         return res
