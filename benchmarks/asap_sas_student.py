@@ -408,7 +408,7 @@ class Bench:
                 kd = kw.get("lambda_kd", 0.0)
                 args = AdaptArguments(rehearsal_size=self.b["rehearsal"], epochs=self.b["adapt_epochs"],
                                       teacher_file=str(self.teacher_path) if kd else None,
-                                      evals_per_epoch=1, early_stopping_patience=2, **kw)
+                                      evals_per_epoch=1, early_stopping_patience=2, seed=self.seed, **kw)
                 r = add_task(base_ck, new_tasks, self.rows("train", NEW), self.rows("validation", NEW),
                              self.out / "runs" / name, old_train_records=self.rows("train", BASE),
                              old_eval_records=self.rows("test", BASE), args=args)
@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-variants", default=None,
                     help=f"comma-separated adaptation variants instead of all ({', '.join(ADAPT_VARIANTS)})")
     ap.add_argument("--seed", type=int, default=42,
-                    help="training seed (new-parameter init, dropout, batch order); the split and row subsamples "
+                    help="training seed of every step, add-task included (new-parameter init, dropout, batch order, rehearsal sample); the split and row subsamples "
                          "do not change. Use a separate --out per seed")
     ap.add_argument("--md", type=Path, default=None, help="markdown output (default docs/benchmarks/student[-budget].md)")
     a = ap.parse_args(argv)
