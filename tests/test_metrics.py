@@ -512,3 +512,10 @@ def test_compare_systems_missing_predictions_are_errors() -> None:
     # only the tasks both scorers cover are compared
     only_t1 = [p for p in preds if p["task_id"] == "t1"]
     assert {e.task_id for e in compare_systems(recs, only_t1, preds, _registry(), n_boot=10).entries} == {"t1"}
+
+
+def test_compare_systems_score_outside_the_scale_names_the_response() -> None:
+    recs, preds = _data(n=10)
+    bad = [dict(p, scores={"score": 9}) if (p["task_id"], p["response_id"]) == ("t2", "4") else p for p in preds]
+    with pytest.raises(InputError, match="B: prediction for response '4'"):
+        compare_systems(recs, preds, bad, _registry(), n_boot=10)

@@ -687,6 +687,12 @@ def _score_metrics(
 # --------------------------------------------------------------------------------------------------------
 # Bootstrap
 # --------------------------------------------------------------------------------------------------------
+def _scale_seed(seed: int, t_index: int, s_index: int) -> int:
+    """The bootstrap seed of the ``s_index``-th scale of the ``t_index``-th task: distinct per scale, and the
+    same in :func:`evaluate` and :func:`compare_systems`."""
+    return seed + 104729 * t_index + 15485863 * s_index
+
+
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     """``(n_boot, n)`` resample indices (with replacement) from a seeded generator."""
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
@@ -1154,7 +1160,7 @@ def evaluate(
                         column="scores",
                     )
                 notes[f"missing_{sc.id}"] = f"{len(lacking)} predictions without a '{sc.id}' score left out"
-            seed_s = seed + 104729 * t_index + 15485863 * s_index
+            seed_s = _scale_seed(seed, t_index, s_index)
             h = np.array([r.labels[sc.id] for r, _ in both], dtype=np.int64)
             m = np.array([p.scores[sc.id] for _, p in both], dtype=np.int64)
             mach, reps = _score_metrics(h, m, sc.min, sc.max, seed=seed_s, **kw)
@@ -1297,6 +1303,12 @@ class Comparison:
         return json_safe(self)
 
 
+def _share_positive(diffs: np.ndarray) -> float:
+    """Fraction of the defined (non-NaN) bootstrap differences that are > 0."""
+    ok = diffs[~np.isnan(diffs)]
+    return float((ok > 0).mean()) if len(ok) else math.nan
+
+
 def compare_systems(
     gold: Sequence[Record],
     predictions_a: Sequence[Any],
@@ -1353,6 +1365,11 @@ def compare_systems(
             if miss:
                 raise InputError(f"{who}: task '{task_id}': {len(miss)} gold responses have no prediction, "
                                  f"e.g. {miss[:5]}")
+            for r in recs:
+                problems = task.check_labels(d[r.key].scores)
+                if problems:
+                    raise InputError(f"{who}: prediction for response '{r.response_id}': {'; '.join(problems)}",
+                                     file=d[r.key].source or None, column="scores")
         for s_index, sc in enumerate(task.scales):
             rows = [r for r in recs if sc.id in r.labels]
             if not rows:
@@ -1368,17 +1385,16 @@ def compare_systems(
             levels = list(range(sc.min, sc.max + 1))
             qa = kappa(h, a, labels=levels, weights="quadratic", constant_prediction=constant_prediction)[0]
             qb = kappa(h, b, labels=levels, weights="quadratic", constant_prediction=constant_prediction)[0]
-            idx = bootstrap_indices(len(h), n_boot, seed + 104729 * t_index + 15485863 * s_index)
+            # evaluate() draws the same resamples for this (task, scale) when it sees the same tasks in order
+            idx = bootstrap_indices(len(h), n_boot, _scale_seed(seed, t_index, s_index))
             ra = bootstrap_score_metrics(h, a, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)["qwk"]
             rb = bootstrap_score_metrics(h, b, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)["qwk"]
             reps_a.append(ra)
             reps_b.append(rb)
             d_reps = ra - rb
-            ok = ~np.isnan(d_reps)
             entries.append(ScaleComparison(
                 task_id=task_id, scale_id=sc.id, n=len(h), qwk_a=qa, qwk_b=qb, diff=qa - qb,
-                ci=percentile_interval(d_reps, ci),
-                share_a_better=float((d_reps[ok] > 0).mean()) if ok.any() else math.nan))
+                ci=percentile_interval(d_reps, ci), share_a_better=_share_positive(d_reps)))
 
     qa_all = np.array([e.qwk_a for e in entries])
     qb_all = np.array([e.qwk_b for e in entries])
@@ -1392,9 +1408,8 @@ def compare_systems(
             ("fisher_z", lambda q: float(fisher_z_mean(q)), lambda m: fisher_z_mean(m, axis=1)),
         ):
             d_rep = rep(ma) - rep(mb)
-            ok = ~np.isnan(d_rep)
             across[name] = {"a": point(qa_all), "b": point(qb_all), "diff": point(qa_all) - point(qb_all),
-                            "share_a_better": float((d_rep[ok] > 0).mean()) if ok.any() else math.nan}
+                            "share_a_better": _share_positive(d_rep)}
             ci_out[name] = percentile_interval(d_rep, ci)
     return Comparison(label_a=label_a, label_b=label_b, entries=entries, across=across, ci=ci_out,
                       settings={"n_boot": n_boot, "ci": ci, "seed": seed, "constant_prediction": constant_prediction,
