@@ -57,6 +57,12 @@ ADAPT_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                             {"mode": "moe", "lambda_self_kd": 1.0, "train_encoder_layers": 1}),
     "adapt-moe-self-enc2": ("UniMoE adaptation + self-distillation + last 2 encoder layers trained",
                             {"mode": "moe", "lambda_self_kd": 1.0, "train_encoder_layers": 2}),
+    # beyond the paper: each new task gets its own copy of the top encoder layer(s), trained at the encoder
+    # learning rate of the base training (nothing else depends on the copy); everything shared stays frozen
+    "adapt-branch1": ("Own copy of the top encoder layer per new task (branch, shared parts frozen)",
+                      {"mode": "branch", "branch_layers": 1, "lr_encoder": LR_ENCODER}),
+    "adapt-branch2": ("Own copy of the top 2 encoder layers per new task (branch, shared parts frozen)",
+                      {"mode": "branch", "branch_layers": 2, "lr_encoder": LR_ENCODER}),
 }
 
 PLACEMENT_NAMES = {"token": "token-wise", "pooled": "pooled"}

@@ -171,3 +171,29 @@ def test_light_tokenizer_matches_the_checkpoint_tokenizer(exported: Path) -> Non
     light = LightTokenizer(exported)
     assert light(texts, truncation=True, max_length=64)["input_ids"] == ref
     assert light.pad_token_id == AutoTokenizer.from_pretrained(str(exported)).pad_token_id
+
+
+def test_export_of_a_model_with_task_layers_keeps_parity(tmp_path: Path) -> None:
+    """A task with its own top encoder layer: the traced graph runs the copy on every row and selects,
+    the torch model skips it on other tasks' rows; both must agree on mixed-task batches."""
+    from rubricate.student.export import OnnxEngine, export_checkpoint, max_prob_difference
+    from rubricate.student.modeling import load_model, save_model
+
+    ck = make_tiny_checkpoint(tmp_path / "base")
+    model, tok, doc = load_model(ck)
+    copies = model.add_task_layers("read-2", 1)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in copies.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    keep = {k: v for k, v in doc.items() if k not in ("format", "format_version", "model", "weights_sha256",
+                                                       "model_version")}
+    out = save_model(model, tok, tmp_path / "branched", keep)
+    rep = export_checkpoint(out, int8=True)
+    assert rep.passed and rep.max_abs_dprob_fp32 <= 1e-4 and rep.max_abs_dprob_int8 <= 0.03
+    enc = tok(["acid rain", "the main idea is energy and water", "x"], padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    logits, _ = OnnxEngine(out / "onnx" / "model.onnx", intra_op_threads=1).run(ids, mask, np.array([0, 1, 1]))
+    with torch.no_grad():
+        ref, _ = model.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor([0, 1, 1]))
+    assert max_prob_difference(ref.numpy(), logits, np.array([0, 1, 1]), model.config.n_labels) <= 1e-4

@@ -172,3 +172,81 @@ def test_early_stopping_waits_for_a_signal_then_counts_patience() -> None:
     old = EarlyStopping(patience=2, floor=-math.inf)  # the plain rule, for comparison
     assert [old.update(v)[1] for v in (0.0, 0.0, 0.0)] == [False, False, True]
     assert EarlyStopping(patience=1).update(float("nan")) == (False, False)
+
+
+def _perturb(module: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def test_task_layers_change_only_their_tasks_rows(encoder_dir: str) -> None:
+    """A task's own copy of the top layer starts as the shared layer (outputs unchanged); once it moves,
+    only that task's rows change, in a mixed batch exactly as when each row runs alone."""
+    cfg = StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 2], encoder=encoder_dir)
+    model = StudentModel.from_encoder(cfg).eval()
+    ids, mask = _batch(encoder_dir)
+    tidx = torch.tensor([0, 2, 2])
+    with torch.no_grad():
+        ref = model(ids, mask, tidx).logits
+        copies = model.add_task_layers("c", 1)
+        assert len(copies) == 1 and model.config.task_layers == {"c": 1}
+        assert torch.equal(model(ids, mask, tidx).logits, ref)  # an unchanged copy changes nothing
+        _perturb(copies)
+        mixed = model(ids, mask, tidx).logits
+        assert torch.equal(mixed[0], ref[0])  # task a: shared layers, bit-identical
+        assert not torch.allclose(mixed[1:], ref[1:])  # task c: its own layer
+        for i in range(3):
+            alone = model(ids[i:i + 1, : int(mask[i].sum())], mask[i:i + 1, : int(mask[i].sum())], tidx[i:i + 1])
+            torch.testing.assert_close(alone.logits[0], mixed[i], atol=1e-5, rtol=1e-5)
+    counts = model.count_parameters()
+    assert counts["task_layers"] == sum(p.numel() for p in copies.parameters()) > 0
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="needs task_index"):
+        model.encode(ids, mask)
+    with pytest.raises(ValueError, match="already has its own"):
+        model.add_task_layers("c", 1)
+    with pytest.raises(ValueError, match="k=3 but the encoder has 2 layers"):
+        model.add_task_layers("b", 3)
+
+
+def test_task_layers_two_deep_and_two_tasks_and_survive_deepcopy(encoder_dir: str) -> None:
+    """Two branch tasks with different depths; a deep copy (as dynamic quantization makes) routes through
+    its own copies, not the original's."""
+    import copy
+
+    cfg = StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 2], encoder=encoder_dir)
+    model = StudentModel.from_encoder(cfg).eval()
+    ids, mask = _batch(encoder_dir)
+    tidx = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        ref = model(ids, mask, tidx).logits
+        _perturb(model.add_task_layers("b", 2), seed=1)
+        _perturb(model.add_task_layers("c", 1), seed=2)
+        out = model(ids, mask, tidx).logits
+        assert torch.equal(out[0], ref[0]) and not torch.allclose(out[1:], ref[1:])
+        twin = copy.deepcopy(model)
+        assert torch.equal(twin(ids, mask, tidx).logits, out)
+        _perturb(twin.task_layers[0], seed=3)  # moving the twin's copy of b must not touch the original
+        assert torch.equal(model(ids, mask, tidx).logits, out)
+        moved = twin(ids, mask, tidx).logits
+        assert not torch.allclose(moved[1], out[1]) and torch.equal(moved[2], out[2])
+
+
+def test_task_layers_round_trip_through_a_checkpoint(encoder_dir: str, tmp_path) -> None:
+    from rubricate.student.modeling import load_model, save_model
+    from transformers import AutoTokenizer
+
+    cfg = StudentConfig(task_ids=["a", "b"], n_labels=[3, 2], encoder=encoder_dir)
+    model = StudentModel.from_encoder(cfg).eval()
+    _perturb(model.add_task_layers("b", 1))
+    ids, mask = _batch(encoder_dir)
+    tidx = torch.tensor([1, 0, 1])
+    save_model(model, AutoTokenizer.from_pretrained(encoder_dir), tmp_path / "ck")
+    loaded, _, doc = load_model(tmp_path / "ck")
+    assert doc["model"]["task_layers"] == {"b": 1}
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask, tidx).logits, model(ids, mask, tidx).logits)
+    with pytest.raises(ValueError, match="not in task_ids"):
+        StudentConfig(task_ids=["a"], n_labels=[2], task_layers={"z": 1})

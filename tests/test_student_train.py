@@ -258,6 +258,77 @@ def test_add_task_train_encoder_layers_moves_only_the_top_layers(setup, tmp_path
     assert any(not np.allclose(list(o.probs.values()), list(n.probs.values())) for o, n in zip(old, new))
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_add_task_branch_mode_leaves_old_tasks_bit_identical(setup, tmp_path, depth: int, monkeypatch) -> None:
+    """Branch mode: the new task trains its own copy of the top layer(s), its head and its embedding row;
+    nothing shared moves, no rehearsal rows are used, and the old tasks' outputs stay bit-identical."""
+    import rubricate.student.adapt as adapt_mod
+
+    seen: dict = {}
+    real_fit = adapt_mod.fit
+
+    def spy(model, train_set, *a, **kw):
+        seen["n_train"] = len(train_set)
+        return real_fit(model, train_set, *a, **kw)
+
+    monkeypatch.setattr(adapt_mod, "fit", spy)
+    ck = setup["res"].checkpoint_dir
+    new_tr = tiny_records("tiny-new", 60)
+    res = add_task(ck, setup["reg"].get("tiny-new"), new_tr, tiny_records("tiny-new", 20, seed=1, prefix="v"),
+                   tmp_path / "adapted", old_train_records=setup["tr"], old_eval_records=setup["va"],
+                   args=AdaptArguments(mode="branch", branch_layers=depth, rehearsal_size=40, epochs=2,
+                                       lr_encoder=1e-2, progress=False))
+    assert seen["n_train"] == len(new_tr)  # no rehearsal: nothing the old tasks use can move
+    assert res.frozen_unchanged and res.old_after == res.old_before
+    before, *_ = load_checkpoint(ck)
+    after, *_ = load_checkpoint(res.checkpoint_dir)
+    assert after.config.task_layers == {"tiny-new": depth}
+    b, a = before.state_dict(), after.state_dict()
+    assert all(torch.equal(b[k], a[k]) for k in b if k != "task_embedding.weight")
+    assert torch.equal(b["task_embedding.weight"], a["task_embedding.weight"][:2])
+    own = [k for k in a if k.startswith("task_layers.0.")]
+    assert own and any(not torch.equal(a[k], b["encoder.encoder.layer." + str(2 - depth) + k[len("task_layers.0.0"):]])
+                       for k in own if k.startswith("task_layers.0.0.") and k.endswith("dense.weight"))
+    copy_params = sum(p.numel() for p in after.task_layers.parameters())
+    assert copy_params == depth * sum(p.numel() for p in before.encoder.encoder.layer[1].parameters())
+    assert res.trainable_parameters > copy_params
+    rows = setup["va"][:10]
+    tids, texts = [r.task_id for r in rows], [r.text for r in rows]
+    old = Scorer.from_pretrained(ck, backend="torch").predict(tids, texts)
+    new_scorer = Scorer.from_pretrained(res.checkpoint_dir, backend="torch")
+    new = new_scorer.predict(tids + ["tiny-new"], texts + ["a new answer"])
+    for o, n in zip(old, new):
+        assert list(o.probs.values()) == list(n.probs.values())
+    assert set(new[-1].probs) == set(LabelEncoding.from_task(setup["reg"].get("tiny-new")).names)
+
+
+def test_cli_add_task_branch_mode(setup, tmp_path) -> None:
+    """``rubricate add-task --mode branch --branch-layers 1`` writes a checkpoint whose new task owns a layer."""
+    from typer.testing import CliRunner
+
+    from rubricate.cli import app
+    from rubricate.data.records import write_records
+
+    task_file = tmp_path / "tiny-new.json"
+    t = setup["reg"].get("tiny-new")
+    task_file.write_text(json.dumps({"id": t.id, "title": t.id, "question": t.question,
+                                     "rubric": {"scales": [{"id": "score", "min": 0, "max": 3}]}}))
+    data = write_records(tiny_records("tiny-new", 60), tmp_path / "new.jsonl")
+    res = CliRunner().invoke(app, ["add-task", "--model", str(setup["res"].checkpoint_dir), "--task", str(task_file),
+                                   "--data", str(data), "--out", str(tmp_path / "out"), "--mode", "branch",
+                                   "--branch-layers", "1", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output[res.output.index("{"):])
+    assert d["mode"] == "branch" and d["frozen_unchanged"] and d["new_tasks"] == ["tiny-new"]
+    doc = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert doc["model"]["task_layers"] == {"tiny-new": 1} and doc["recipe"]["add_task"]["branch_layers"] == 1
+
+
+def test_add_task_branch_mode_rejects_train_encoder_layers() -> None:
+    with pytest.raises(ValueError, match="branch mode trains copies"):
+        AdaptArguments(mode="branch", train_encoder_layers=1)
+
+
 def test_add_task_train_encoder_layers_rejects_more_layers_than_the_encoder_has(setup, tmp_path) -> None:
     with pytest.raises(InputError, match="train_encoder_layers=5 but the encoder has 2 layers"):
         add_task(setup["res"].checkpoint_dir, setup["reg"].get("tiny-new"), tiny_records("tiny-new", 20),

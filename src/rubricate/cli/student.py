@@ -140,7 +140,9 @@ def add_task_cmd(
     old_tasks: Optional[Path] = typer.Option(None, "--old-tasks", exists=True, help="Task folder of --old-data "
                                              "(default: the checkpoint's task snapshot)."),
     old_split: Optional[Path] = typer.Option(None, "--old-split"),
-    mode: str = typer.Option("moe", "--mode", help="'moe' (experts + gate + new head) or 'head' (new head only)."),
+    mode: str = typer.Option("moe", "--mode", help="'moe' (experts + gate + new head), 'head' (new head only) or "
+                             "'branch' (the new task's own copy of the encoder's top layers + new head; old tasks "
+                             "untouched)."),
     rehearsal_size: int = typer.Option(800, "--rehearsal-size"),
     epochs: float = typer.Option(6.0, "--epochs"),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the new head(s)."),
@@ -153,7 +155,10 @@ def add_task_cmd(
     self_kd_temperature: float = typer.Option(1.0, "--self-kd-temperature"),
     train_encoder_layers: int = typer.Option(0, "--train-encoder-layers", help="Also train the encoder's last K "
                                              "layers (0 = frozen encoder, the paper's recipe)."),
-    lr_encoder: float = typer.Option(5e-5, "--lr-encoder", help="Learning rate of those encoder layers."),
+    lr_encoder: float = typer.Option(5e-5, "--lr-encoder", help="Learning rate of those encoder layers (or of "
+                                     "the copies with --mode branch)."),
+    branch_layers: int = typer.Option(1, "--branch-layers", help="With --mode branch: how many of the encoder's "
+                                      "top layers the new task gets its own copy of."),
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Add a task to a trained student; prints the trainable share and the forgetting report."""
@@ -176,7 +181,8 @@ def add_task_cmd(
     args = AdaptArguments(mode=mode, rehearsal_size=rehearsal_size, epochs=epochs, lr=lr,  # type: ignore[arg-type]
                           lr_moe=lr_moe, teacher_file=str(teacher) if teacher else None, lambda_kd=lambda_kd,
                           lambda_self_kd=lambda_self_kd, self_kd_temperature=self_kd_temperature,
-                          train_encoder_layers=train_encoder_layers, lr_encoder=lr_encoder, seed=seed)
+                          train_encoder_layers=train_encoder_layers, lr_encoder=lr_encoder,
+                          branch_layers=branch_layers, seed=seed)
     res = add_task(model, list(new_reg), parts["train"], parts["validation"], out, old_train_records=old_train,
                    old_eval_records=old_eval, args=args)
     d = res.to_dict()

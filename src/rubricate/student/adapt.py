@@ -15,6 +15,11 @@ Two modes, same code:
 
   Optional distillation from a teacher file covers the new task.
 * ``"head"`` (the MTL way): only the new head is trained; old tasks are untouched by construction.
+* ``"branch"`` (beyond the paper): the new task gets its *own copy* of the encoder's top ``branch_layers``
+  layers (``StudentConfig.task_layers``), trained with its head and its task embedding (learning rate
+  ``lr_encoder`` for the copy). Everything shared - encoder, MoE, old heads, old embeddings - stays frozen,
+  so the old tasks' outputs are bit-identical by construction and no rehearsal is needed. The price is
+  ``branch_layers`` encoder layers more per new task, on disk and in the forward of that task's rows.
 
 With the encoder frozen its outputs never change, so they are computed once and cached
 (``cache_encoder``) - adaptation then costs a fraction of a training epoch.
@@ -44,7 +49,7 @@ import torch
 from rubricate.data.records import Record
 from rubricate.errors import InputError
 from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
-from rubricate.student.modeling import StudentModel, pad_batch, save_model
+from rubricate.student.modeling import StudentModel, encoder_layers, pad_batch, save_model
 from rubricate.student.trainer import (
     EncodedSet,
     attach_teacher,
@@ -64,7 +69,7 @@ from rubricate.tasks import Task, TaskRegistry
 class AdaptArguments:
     """Every knob of :func:`add_task` (the same names as in ``TrainingArguments`` where they overlap)."""
 
-    mode: Literal["moe", "head"] = "moe"
+    mode: Literal["moe", "head", "branch"] = "moe"
     rehearsal_size: int = 800  #: old-task training rows mixed in (spread evenly over old tasks); moe mode only
     epochs: float = 6.0
     max_steps: int | None = None
@@ -87,8 +92,11 @@ class AdaptArguments:
     #: train the encoder's last k transformer layers too (0 = the paper's frozen encoder); turns the encoder
     #: cache off and rehearsal/self-distillation on in both modes, since the old tasks' inputs now move
     train_encoder_layers: int = 0
-    #: learning rate of those encoder layers; half the 1e-4 the ASAP-SAS benchmark trains MiniLM with
+    #: learning rate of those encoder layers (or of the copies in branch mode); half the 1e-4 the ASAP-SAS
+    #: benchmark trains MiniLM with, since shared layers under old tasks should only be nudged
     lr_encoder: float = 5e-5
+    #: branch mode: how many of the encoder's top layers the new task gets its own copy of
+    branch_layers: int = 1
     teacher_file: str | None = None
     teacher_policy: Literal["strict", "ignore_extra", "allow_missing"] = "allow_missing"
     teacher_eps: float = 1e-4
@@ -102,8 +110,12 @@ class AdaptArguments:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in ("moe", "head"):
-            raise ValueError(f"mode must be 'moe' or 'head', got {self.mode!r}")
+        if self.mode not in ("moe", "head", "branch"):
+            raise ValueError(f"mode must be 'moe', 'head' or 'branch', got {self.mode!r}")
+        if self.mode == "branch" and self.train_encoder_layers:
+            raise ValueError("branch mode trains copies of the top layers; train_encoder_layers must be 0")
+        if self.branch_layers < 1:
+            raise ValueError("branch_layers must be >= 1")
         if self.rehearsal_size < 0:
             raise ValueError("rehearsal_size must be >= 0")
         if self.lambda_self_kd < 0 or self.self_kd_temperature <= 0:
@@ -162,21 +174,6 @@ def rehearsal_sample(records: Sequence[Record], size: int, seed: int) -> list[Re
     return out
 
 
-def encoder_layers(encoder: torch.nn.Module) -> torch.nn.ModuleList:
-    """The transformer layers of a Hugging Face encoder, bottom to top (BERT/RoBERTa/MPNet/DeBERTa: ``encoder.layer``,
-    DistilBERT: ``transformer.layer``)."""
-    for path in ("encoder.layer", "transformer.layer", "layers"):
-        mod: Any = encoder
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-            if mod is None:
-                break
-        if isinstance(mod, torch.nn.ModuleList) and len(mod):
-            return mod
-    raise InputError(f"cannot find the transformer layers of {type(encoder).__name__} (looked for "
-                     "encoder.layer, transformer.layer, layers); use train_encoder_layers=0 with this encoder")
-
-
 @torch.no_grad()
 def cache_hidden(model: StudentModel, data: EncodedSet, pad_id: int, batch_size: int) -> None:
     """Store the frozen encoder's (T_i, H) outputs for every row of ``data``."""
@@ -186,7 +183,7 @@ def cache_hidden(model: StudentModel, data: EncodedSet, pad_id: int, batch_size:
     for s in range(0, len(order), batch_size):
         rows = order[s: s + batch_size]
         ids, mask = pad_batch([data.input_ids[i] for i in rows], pad_id)
-        h = model.encode(ids, mask)
+        h = model.encode(ids, mask, torch.from_numpy(data.task_index[rows]))
         for j, i in enumerate(rows):
             hidden[i] = h[j, : len(data.input_ids[i])].clone()
     data.hidden = hidden  # type: ignore[assignment]
@@ -284,7 +281,7 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
     check_records(old_eval, old_ids, registry, "<old-task evaluation records>")
 
     # a trained encoder layer makes cached encoder outputs stale, so the cache is only used when all are frozen
-    use_cache = args.cache_encoder and args.train_encoder_layers == 0
+    use_cache = args.cache_encoder and args.train_encoder_layers == 0 and args.mode != "branch"
     # 1. old tasks before (with the unchanged model)
     old_eval_set = encode_records(old_eval, tok, old_ids, encodings, max_len) if old_eval else None
     if old_eval_set is not None and use_cache:
@@ -304,8 +301,9 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
         head_params += [(f"heads.{i}.{n}", p) for n, p in model.heads[i].named_parameters()]
     shared_params: list[tuple[str, torch.nn.Parameter]] = []
     emb_hook = None
-    if args.mode == "moe" and model.config.use_moe:
-        shared_params += [(f"moe.{n}", p) for n, p in model.moe.named_parameters()]
+    if args.mode in ("moe", "branch") and model.config.use_moe:
+        if args.mode == "moe":
+            shared_params += [(f"moe.{n}", p) for n, p in model.moe.named_parameters()]
         shared_params.append(("task_embedding.weight", model.task_embedding.weight))
         old_rows = n_old
 
@@ -315,12 +313,22 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
                 g[:old_rows] = 0.0
     encoder_params: list[tuple[str, torch.nn.Parameter]] = []
     if args.train_encoder_layers > 0:
-        layers = encoder_layers(model.encoder)
+        try:
+            layers = encoder_layers(model.encoder)
+        except ValueError as e:
+            raise InputError(f"{e}; use train_encoder_layers=0 with this encoder") from e
         if args.train_encoder_layers > len(layers):
             raise InputError(f"train_encoder_layers={args.train_encoder_layers} but the encoder has {len(layers)} layers")
         first = len(layers) - args.train_encoder_layers
         for li in range(first, len(layers)):
             encoder_params += [(f"encoder_layer.{li}.{n}", p) for n, p in layers[li].named_parameters()]
+    if args.mode == "branch":
+        try:
+            for t in new_tasks:
+                copies = model.add_task_layers(t.id, args.branch_layers)
+                encoder_params += [(f"task_layers.{t.id}.{n}", p) for n, p in copies.named_parameters()]
+        except ValueError as e:
+            raise InputError(f"add-task --mode branch: {e}") from e
     trainable = head_params + shared_params + encoder_params
     for _, p in trainable:
         p.requires_grad_(True)
@@ -329,7 +337,7 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
     old_emb_before = model.task_embedding.weight[:n_old].detach().clone() if model.task_embedding is not None else None
 
     # 3. data: new task rows (+ rehearsal), encoder outputs cached once
-    shared_moves = args.mode == "moe" or args.train_encoder_layers > 0
+    shared_moves = args.mode == "moe" or args.train_encoder_layers > 0  # branch mode: nothing shared moves
     rehearsal = rehearsal_sample(old_train, args.rehearsal_size, args.seed) if shared_moves else []
     train_set = encode_records(list(train_records) + rehearsal, tok, all_ids, encodings, max_len)
     if args.lambda_kd > 0 and args.teacher_file:
@@ -346,7 +354,8 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
 
     model.train()
     # no dropout in the encoder: frozen layers must give their cached outputs, and trained top layers are only
-    # nudged (dropout there would also make the self-distillation targets noisy)
+    # nudged (dropout there would also make the self-distillation targets noisy). Branch-mode copies live
+    # outside model.encoder and keep their dropout: they are fine-tuned for the new task alone.
     model.encoder.eval()
 
     def forward(data: EncodedSet, rows: np.ndarray):
@@ -380,7 +389,7 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
                        args.threshold) if old_eval_set is not None else {}
     n_train = sum(p.numel() for _, p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
-    if args.mode == "moe" and model.task_embedding is not None:
+    if args.mode in ("moe", "branch") and model.task_embedding is not None:
         n_train -= n_old * model.task_embedding.weight.shape[1]  # old embedding rows are frozen
     result = AdaptResult(Path(out_dir), args.mode, new_ids, n_train, n_total, new_metrics, before, after,
                          unchanged, time.time() - t0, summary["history"])

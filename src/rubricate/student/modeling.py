@@ -21,6 +21,12 @@ One readable file, in the spirit of Hugging Face modeling files (shapes are comm
 * **Heads** - one per task: Linear -> ReLU -> Dropout -> Linear, giving logits over the task's binary
   labels (``rubricate.labels.LabelEncoding``: analytic criteria and cumulative ordinal indicators).
 
+* **Task layers** (optional, added by ``rubricate add-task --mode branch``) - a task can own a copy of the
+  encoder's top ``k`` transformer layers. Its rows run through the copy; every other task's rows run through
+  the shared layers as before, so adding such a task cannot change the old tasks' outputs. The copies hook
+  into the encoder's own layers (a forward hook replaces the layer's output on the branch task's rows), so
+  any Hugging Face encoder works without re-implementing its forward.
+
 ``use_moe=False`` gives the MTL baseline (shared encoder + heads); a model with one task and no MoE is
 the Individual baseline. The whole model also runs as one graph with the task index as an input
 (:meth:`StudentModel.forward_padded`), which is what ONNX export uses.
@@ -28,10 +34,12 @@ the Individual baseline. The whole model also runs as one graph with the task in
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import zipfile
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -126,6 +134,8 @@ class StudentConfig:
     task_emb_dim: int = 32
     head_hidden: int = 256
     dropout: float = 0.1
+    #: task id -> k: the task owns a copy of the encoder's top k layers (see "Task layers" above); in order
+    task_layers: dict[str, int] = field(default_factory=dict)
     hidden_size: int = 0  # filled in from the encoder config when the model is built
     encoder_config: dict[str, Any] = field(default_factory=dict)  # the encoder's HF config, for offline rebuild
 
@@ -142,6 +152,11 @@ class StudentConfig:
             raise ValueError(f"expert_init must be 'random' or 'zero', got {self.expert_init!r}")
         if self.use_moe and (self.n_experts < 1 or self.n_moe_layers < 1):
             raise ValueError("a MoE model needs n_experts >= 1 and n_moe_layers >= 1")
+        for tid, k in self.task_layers.items():
+            if tid not in self.task_ids:
+                raise ValueError(f"task_layers names task '{tid}', which is not in task_ids")
+            if int(k) < 1:
+                raise ValueError(f"task_layers['{tid}'] must be >= 1, got {k}")
 
     @property
     def max_labels(self) -> int:
@@ -238,6 +253,61 @@ class TaskHead(nn.Module):
         return self.net(x)
 
 
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a Hugging Face encoder, bottom to top (BERT/RoBERTa/MPNet/DeBERTa: ``encoder.layer``,
+    DistilBERT: ``transformer.layer``)."""
+    for path in ("encoder.layer", "transformer.layer", "layers"):
+        mod: Any = encoder
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+            if mod is None:
+                break
+        if isinstance(mod, nn.ModuleList) and len(mod):
+            return mod
+    raise ValueError(f"cannot find the transformer layers of {type(encoder).__name__} (looked for "
+                     "encoder.layer, transformer.layer, layers)")
+
+
+#: the (B,) task index of the forward pass in progress, read by the task-layer hooks; a ContextVar keeps
+#: concurrent forwards (server threads) apart
+_TASK_INDEX: ContextVar[torch.Tensor | None] = ContextVar("rubricate_task_index", default=None)
+
+
+class _TaskLayerHook:
+    """Forward hook on the shared encoder layer at ``position``: for every task that owns a copy of this
+    layer, run the copy on the same inputs and keep its output on that task's rows.
+
+    The hook gets the layer's own arguments (hidden states, the mask in whatever form the encoder built
+    it, position biases...), so the copy sees exactly what the shared layer saw. The rows of a branch task
+    already carry the branch's states from the layer below, because that layer's hook replaced them.
+    Eager mode skips a copy when no row of the batch belongs to its task; a traced graph (ONNX export)
+    runs every copy on every row and selects, since it cannot depend on the data.
+    """
+
+    def __init__(self, model: "StudentModel", position: int) -> None:
+        self.model = model
+        self.position = position
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        tidx = _TASK_INDEX.get()
+        if tidx is None:
+            return None
+        out = output[0] if isinstance(output, tuple) else output  # (B, T, H)
+        tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        n_layers = len(encoder_layers(self.model.encoder))
+        for b, (tid, k) in enumerate(self.model.config.task_layers.items()):
+            j = self.position - (n_layers - int(k))
+            if j < 0:
+                continue
+            sel = tidx == self.model.config.task_ids.index(tid)  # (B,)
+            if not tracing and not bool(sel.any()):
+                continue
+            own = self.model.task_layers[b][j](*args, **kwargs)
+            own = own[0] if isinstance(own, tuple) else own  # (B, T, H)
+            out = torch.where(sel.view(-1, *([1] * (out.dim() - 1))), own, out)
+        return (out, *output[1:]) if isinstance(output, tuple) else out
+
+
 @dataclass
 class StudentOutput:
     """What :meth:`StudentModel.forward` returns.
@@ -295,6 +365,10 @@ class StudentModel(nn.Module):
             self.task_embedding = None
             self.moe = nn.ModuleList()
         self.heads = nn.ModuleList(TaskHead(hidden, config.head_hidden, n, config.dropout) for n in config.n_labels)
+        # task layers: task_layers[b] holds the copies of task b of config.task_layers (bottom to top)
+        self.task_layers = nn.ModuleList(self._copy_top_layers(int(k)) for k in config.task_layers.values())
+        self._hook_handles: dict[int, Any] = {}
+        self._install_task_layer_hooks()
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -340,10 +414,56 @@ class StudentModel(nn.Module):
         cfg.n_labels.append(n_labels)
         return len(cfg.task_ids) - 1
 
+    def add_task_layers(self, task_id: str, k: int) -> nn.ModuleList:
+        """Give ``task_id`` its own copy of the encoder's top ``k`` layers, starting from the shared weights
+        (so the task's outputs do not change until the copy is trained). Returns the copies."""
+        if task_id not in self.config.task_ids:
+            raise ValueError(f"unknown task '{task_id}'")
+        if task_id in self.config.task_layers:
+            raise ValueError(f"task '{task_id}' already has its own encoder layers")
+        layers = self._copy_top_layers(k)
+        self.task_layers.append(layers)
+        self.config.task_layers[task_id] = int(k)
+        self._install_task_layer_hooks()
+        return layers
+
+    def _copy_top_layers(self, k: int) -> nn.ModuleList:
+        shared = encoder_layers(self.encoder)
+        if not 1 <= k <= len(shared):
+            raise ValueError(f"task layers: k={k} but the encoder has {len(shared)} layers")
+        handles = getattr(self, "_hook_handles", {})
+        for h in handles.values():  # copies must not carry the hooks of the shared layers
+            h.remove()
+        handles.clear()
+        copies = nn.ModuleList(copy.deepcopy(shared[i]) for i in range(len(shared) - k, len(shared)))
+        if hasattr(self, "_hook_handles"):
+            self._install_task_layer_hooks()
+        return copies
+
+    def _install_task_layer_hooks(self) -> None:
+        if not self.config.task_layers:
+            return
+        shared = encoder_layers(self.encoder)
+        lowest = len(shared) - max(int(k) for k in self.config.task_layers.values())
+        for pos in range(lowest, len(shared)):
+            if pos not in self._hook_handles:
+                self._hook_handles[pos] = shared[pos].register_forward_hook(_TaskLayerHook(self, pos),
+                                                                           with_kwargs=True)
+
     # -- forward pieces ---------------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, H) last hidden states of the encoder."""
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               task_index: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H) last hidden states of the encoder.
+
+        ``task_index`` (B,) is needed only when some task owns encoder layers (``config.task_layers``).
+        """
+        if self.config.task_layers and task_index is None:
+            raise ValueError("this model has task-specific encoder layers: encode() needs task_index")
+        token = _TASK_INDEX.set(task_index)
+        try:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        finally:
+            _TASK_INDEX.reset(token)
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.config.pooling == "cls":
@@ -399,7 +519,7 @@ class StudentModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 task_index: torch.Tensor) -> StudentOutput:
-        hidden = self.encode(input_ids, attention_mask)
+        hidden = self.encode(input_ids, attention_mask, task_index)
         return self.forward_from_hidden(hidden, attention_mask, task_index)
 
     def forward_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -414,8 +534,9 @@ class StudentModel(nn.Module):
 
     # -- parameter groups -------------------------------------------------------------------------------
     def new_parameters(self) -> list[nn.Parameter]:
-        """Parameters that are not part of the pre-trained encoder (MoE, task embeddings, heads)."""
-        enc = {id(p) for p in self.encoder.parameters()}
+        """Parameters that are not pre-trained encoder weights (MoE, task embeddings, heads); task-layer
+        copies start from encoder weights, so they count as encoder."""
+        enc = {id(p) for p in self.encoder.parameters()} | {id(p) for p in self.task_layers.parameters()}
         return [p for p in self.parameters() if id(p) not in enc]
 
     def count_parameters(self) -> dict[str, int]:
@@ -423,7 +544,8 @@ class StudentModel(nn.Module):
         moe = sum(p.numel() for p in self.moe.parameters()) + (
             self.task_embedding.weight.numel() if self.task_embedding is not None else 0)
         heads = sum(p.numel() for p in self.heads.parameters())
-        return {"encoder": enc, "moe": moe, "heads": heads, "total": enc + moe + heads}
+        own = sum(p.numel() for p in self.task_layers.parameters())
+        return {"encoder": enc, "moe": moe, "heads": heads, "task_layers": own, "total": enc + moe + heads + own}
 
 
 # --------------------------------------------------------------------------------------------------------
