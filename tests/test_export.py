@@ -197,3 +197,11 @@ def test_export_of_a_model_with_task_layers_keeps_parity(tmp_path: Path) -> None
     with torch.no_grad():
         ref, _ = model.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor([0, 1, 1]))
     assert max_prob_difference(ref.numpy(), logits, np.array([0, 1, 1]), model.config.n_labels) <= 1e-4
+    # torch dynamic int8 copies the model: its hooks must route through the copy's quantized task layers
+    from rubricate.student.export import quantize_torch_int8
+
+    q = quantize_torch_int8(model)
+    assert "quantized" in type(q.task_layers[0][0].intermediate.dense).__module__
+    with torch.no_grad():
+        qz, _ = q.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor([0, 1, 1]))
+    assert max_prob_difference(ref.numpy(), qz.numpy(), np.array([0, 1, 1]), model.config.n_labels) <= 0.05
