@@ -1,6 +1,6 @@
 """Adding a task to a trained student (``rubricate add-task``) and measuring forgetting.
 
-Two modes, same code:
+Three modes, same code:
 
 * ``"moe"`` (UniMoE adaptation): freeze the encoder, the existing heads and the existing task embeddings;
   train the MoE blocks (experts + gates), the new task embedding and the new head. Because the shared
