@@ -181,12 +181,15 @@ def _perturb(module: torch.nn.Module, scale: float = 0.5, seed: int = 0) -> None
             p.add_(torch.randn(p.shape, generator=g) * scale)
 
 
+def _three_task_model(encoder_dir: str) -> StudentModel:
+    cfg = StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 2], encoder=encoder_dir)
+    return StudentModel.from_encoder(cfg).eval()
+
+
 def test_task_layers_change_only_their_tasks_rows(encoder_dir: str) -> None:
     """A task's own copy of the top layer starts as the shared layer (outputs unchanged); once it moves,
     only that task's rows change, in a mixed batch exactly as when each row runs alone."""
-    cfg = StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 2], encoder=encoder_dir)
-    model = StudentModel.from_encoder(cfg).eval()
-    ids, mask = _batch(encoder_dir)
+    model, (ids, mask) = _three_task_model(encoder_dir), _batch(encoder_dir)
     tidx = torch.tensor([0, 2, 2])
     with torch.no_grad():
         ref = model(ids, mask, tidx).logits
@@ -216,9 +219,7 @@ def test_task_layers_two_deep_and_two_tasks_and_survive_deepcopy(encoder_dir: st
     its own copies, not the original's."""
     import copy
 
-    cfg = StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 2], encoder=encoder_dir)
-    model = StudentModel.from_encoder(cfg).eval()
-    ids, mask = _batch(encoder_dir)
+    model, (ids, mask) = _three_task_model(encoder_dir), _batch(encoder_dir)
     tidx = torch.tensor([0, 1, 2])
     with torch.no_grad():
         ref = model(ids, mask, tidx).logits

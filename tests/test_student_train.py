@@ -182,8 +182,8 @@ def test_add_task_freezes_encoder_old_heads_and_reports_forgetting(setup, tmp_pa
     assert 0 < res.trainable_share < 1
 
 
-def test_add_task_self_distillation_targets_are_the_old_models_own_outputs(setup, tmp_path, monkeypatch) -> None:
-    """Rehearsal rows get the pre-add-task logits as soft targets; new rows get none; the loss uses them."""
+def _spy_on_fit(monkeypatch) -> dict:
+    """Record the training set and keyword arguments add-task passes to ``fit`` (which still runs)."""
     import rubricate.student.adapt as adapt_mod
 
     seen: dict = {}
@@ -194,6 +194,12 @@ def test_add_task_self_distillation_targets_are_the_old_models_own_outputs(setup
         return real_fit(model, train_set, *a, **kw)
 
     monkeypatch.setattr(adapt_mod, "fit", spy)
+    return seen
+
+
+def test_add_task_self_distillation_targets_are_the_old_models_own_outputs(setup, tmp_path, monkeypatch) -> None:
+    """Rehearsal rows get the pre-add-task logits as soft targets; new rows get none; the loss uses them."""
+    seen = _spy_on_fit(monkeypatch)
     ck = setup["res"].checkpoint_dir
     new_tr = tiny_records("tiny-new", 60)
     res = add_task(ck, setup["reg"].get("tiny-new"), new_tr, tiny_records("tiny-new", 20, seed=1, prefix="v"),
@@ -262,23 +268,14 @@ def test_add_task_train_encoder_layers_moves_only_the_top_layers(setup, tmp_path
 def test_add_task_branch_mode_leaves_old_tasks_bit_identical(setup, tmp_path, depth: int, monkeypatch) -> None:
     """Branch mode: the new task trains its own copy of the top layer(s), its head and its embedding row;
     nothing shared moves, no rehearsal rows are used, and the old tasks' outputs stay bit-identical."""
-    import rubricate.student.adapt as adapt_mod
-
-    seen: dict = {}
-    real_fit = adapt_mod.fit
-
-    def spy(model, train_set, *a, **kw):
-        seen["n_train"] = len(train_set)
-        return real_fit(model, train_set, *a, **kw)
-
-    monkeypatch.setattr(adapt_mod, "fit", spy)
+    seen = _spy_on_fit(monkeypatch)
     ck = setup["res"].checkpoint_dir
     new_tr = tiny_records("tiny-new", 60)
     res = add_task(ck, setup["reg"].get("tiny-new"), new_tr, tiny_records("tiny-new", 20, seed=1, prefix="v"),
                    tmp_path / "adapted", old_train_records=setup["tr"], old_eval_records=setup["va"],
                    args=AdaptArguments(mode="branch", branch_layers=depth, rehearsal_size=40, epochs=2,
                                        lr_encoder=1e-2, progress=False))
-    assert seen["n_train"] == len(new_tr)  # no rehearsal: nothing the old tasks use can move
+    assert len(seen["set"]) == len(new_tr)  # no rehearsal: nothing the old tasks use can move
     assert res.frozen_unchanged and res.old_after == res.old_before
     before, *_ = load_checkpoint(ck)
     after, *_ = load_checkpoint(res.checkpoint_dir)
