@@ -5,6 +5,9 @@ for each ordinal scale, the largest probability of its score distribution (``max
 ``LabelEncoding.score_distribution``); for each analytic criterion, ``max(p, 1 - p)``.
 A response is only as certain as its least certain part, so a reviewer queue can sort on it.
 
+**Scores** are decoded by the checkpoint's fitted decoder (``config.json`` ``"decoder"``, see
+``rubricate.student.decoding``): the same cut points for the torch and ONNX backends, ``predict`` and the server.
+
 Backends: ``"torch"`` runs the PyTorch model (``quantize=True`` applies dynamic int8 quantization to its
 Linear layers); ``"onnx"`` uses ``rubricate.student.export.OnnxEngine`` on ``onnx/model.onnx`` (or
 ``onnx/model.int8.onnx`` when ``quantize=True``); ``"auto"`` picks ONNX when such a file exists.
@@ -20,7 +23,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from rubricate.errors import InputError, UnknownTaskError
-from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
+from rubricate.labels import LabelEncoding
+from rubricate.student.decoding import Decoder
 from rubricate.tasks import TaskRegistry
 
 Backend = Literal["auto", "torch", "onnx"]
@@ -57,7 +61,7 @@ class Scorer:
     """A loaded student checkpoint that turns (task id, text) pairs into :class:`Prediction` objects."""
 
     def __init__(self, model: Any, tokenizer: Any, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
-                 doc: dict[str, Any], engine: Any | None = None, threshold: float = DEFAULT_THRESHOLD,
+                 doc: dict[str, Any], engine: Any | None = None, threshold: float | None = None,
                  checkpoint_dir: Path | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -65,7 +69,9 @@ class Scorer:
         self.encodings = encodings
         self.doc = doc
         self.engine = engine
-        self.threshold = threshold
+        self.decoder = Decoder.from_dict(doc.get("decoder"))
+        if threshold is not None:  # an explicit threshold overrides the checkpoint's (criteria, and kind threshold)
+            self.decoder.threshold = float(threshold)
         self.checkpoint_dir = checkpoint_dir
         cfg = doc["model"]
         self.task_ids: list[str] = list(cfg["task_ids"])
@@ -81,7 +87,7 @@ class Scorer:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, backend: Backend = "auto", quantize: bool = False,
-                        threshold: float = DEFAULT_THRESHOLD, num_threads: int | None = None) -> "Scorer":
+                        threshold: float | None = None, num_threads: int | None = None) -> "Scorer":
         d = Path(checkpoint_dir)
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
@@ -175,7 +181,7 @@ class Scorer:
         for i, tid in enumerate(task_ids):
             enc = self.encodings[tid]
             p = probs_all[i, : enc.n_labels]
-            scores = {k: int(v[0]) for k, v in enc.decode_scores(p[None, :], self.threshold).items()}
+            scores = {k: int(v[0]) for k, v in self.decoder.decode_scores(tid, enc, p[None, :]).items()}
             dist = {sc.id: [float(x) for x in enc.score_distribution(p[None, :], sc.id)[0]] for sc in enc.scales}
             out.append(Prediction(
                 task_id=tid,

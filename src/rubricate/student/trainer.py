@@ -39,9 +39,21 @@ import torch
 from torch import nn
 
 from rubricate.data.records import Record
-from rubricate.data.teacher_file import AlignPolicy, align_teacher, read_teacher_file
-from rubricate.errors import InputError, UnknownTaskError
-from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
+from rubricate.data.teacher_file import AlignPolicy
+from rubricate.errors import InputError
+from rubricate.labels import LabelEncoding
+from rubricate.student.data import (  # noqa: F401  (re-exported: add-task and older imports use these names)
+    EncodedSet,
+    add_second_rater,
+    attach_teacher,
+    bucketed_batches,
+    check_records,
+    concat_sets,
+    encode_records,
+    length_stats,
+)
+from rubricate.student.decoding import Decoder, DecoderArguments, fit_decoder, gold_scores
+from rubricate.student.losses import EarlyStopping, bce_loss, distillation_loss, load_balancing_loss  # noqa: F401
 from rubricate.student.modeling import (
     StudentConfig,
     StudentModel,
@@ -54,70 +66,6 @@ from rubricate.tasks import TaskRegistry
 
 Method = Literal["individual", "mtl", "unimoe", "unimoe_guided"]
 METHODS = ("individual", "mtl", "unimoe", "unimoe_guided")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Losses
-# --------------------------------------------------------------------------------------------------------
-def bce_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy with logits, mean over the (example, label) entries that have a target.
-
-    logits, targets: (B, L); targets may hold NaN for missing labels; ``mask`` (B, L) bool marks the
-    columns that exist for each row (padding of shorter tasks is False). Returns 0 when nothing is valid.
-    """
-    valid = ~torch.isnan(targets)
-    if mask is not None:
-        valid = valid & mask
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return nn.functional.binary_cross_entropy_with_logits(logits[valid], targets[valid])
-
-
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
-                      mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``BCE(sigmoid(z/tau), sigmoid(z_teacher/tau)) * tau^2``, mean over entries with a teacher value.
-
-    The tau^2 factor keeps the gradient scale independent of tau (Hinton et al., 2015). Teachers that
-    only give probabilities are converted to logits first (:meth:`TeacherRow.as_logits`), so the same
-    temperature softens both sides. ``teacher_logits`` may hold NaN (no teacher for that row).
-    """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    valid = ~torch.isnan(teacher_logits)
-    if mask is not None:
-        valid = valid & mask
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    soft = torch.sigmoid(teacher_logits[valid] / temperature)
-    return nn.functional.binary_cross_entropy_with_logits(logits[valid] / temperature, soft) * temperature ** 2
-
-
-def load_balancing_loss(gate_weights: torch.Tensor) -> torch.Tensor:
-    """``(1/M) * sum_j (alpha_bar_j - 1/M)^2`` with alpha_bar the batch-mean gate weight, averaged over layers.
-
-    gate_weights: (B, n_moe, M). Zero when every expert gets the same average share.
-    """
-    m = gate_weights.shape[-1]
-    alpha_bar = gate_weights.mean(dim=0)  # (n_moe, M)
-    return ((alpha_bar - 1.0 / m) ** 2).mean(dim=-1).mean()
-
-
-class EarlyStopping:
-    """Best-so-far tracking with patience; patience starts counting once the best exceeds ``floor``."""
-
-    def __init__(self, patience: int, min_delta: float = 0.0, floor: float = -math.inf) -> None:
-        self.patience, self.min_delta, self.floor = patience, min_delta, floor
-        self.best = -math.inf
-        self.bad_evals = 0
-
-    def update(self, value: float) -> tuple[bool, bool]:
-        """(improved, stop) after one evaluation; NaN never improves."""
-        if value > self.best + self.min_delta:
-            self.best, self.bad_evals = value, 0
-            return True, False
-        if self.best > self.floor:
-            self.bad_evals += 1
-        return False, self.bad_evals >= self.patience
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -177,12 +125,32 @@ class TrainingArguments:
     #: constant predictions is 0: a model still at chance has not started to overfit, and stopping it
     #: then returns a constant scorer (ASAP-SAS set 3, Individual, stopped at 1.5 epochs with kappa 0).
     early_stopping_floor: float = 0.0
-    threshold: float = DEFAULT_THRESHOLD  #: decision threshold on each label probability
+    #: how scores are decoded from probabilities, fit on the validation split after training and stored in the
+    #: checkpoint (rubricate.student.decoding; a recipe gives a mapping, e.g. ``decoder: {kind: qwk_cuts}``).
+    #: Early stopping always decodes at ``decoder.threshold`` (a decoder fit on the same rows would flatter it).
+    decoder: DecoderArguments = field(default_factory=DecoderArguments)
+    #: a second rater's labels (``Record.rater2``) in training: "ignore", "soft" (mean of the two raters'
+    #: indicators as the target) or "duplicate" (each response once per rater); student/data.py
+    second_rater: Literal["ignore", "soft", "duplicate"] = "ignore"
+    #: after training with validation: retrain from scratch on train + validation for the number of optimizer
+    #: epochs that early stopping chose (scaled to the larger set), keep the decoder fit on validation, and
+    #: save that model (the one a user ships); the selection run is kept in ``<output_dir>/selection``
+    refit: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if isinstance(self.decoder, dict):
+            known = {f.name for f in fields(DecoderArguments)}
+            unknown = sorted(set(self.decoder) - known)
+            if unknown:
+                raise ValueError(f"unknown decoder keys {unknown} (known: {sorted(known)})")
+            self.decoder = DecoderArguments(**self.decoder)
+        elif isinstance(self.decoder, str):
+            self.decoder = DecoderArguments(kind=self.decoder)  # type: ignore[arg-type]
+        if self.second_rater not in ("ignore", "soft", "duplicate"):
+            raise ValueError(f"second_rater must be 'ignore', 'soft' or 'duplicate', got {self.second_rater!r}")
         if self.method == "unimoe_guided" and not self.teacher_file:
             raise ValueError("method 'unimoe_guided' needs a teacher_file (see `rubricate teach`)")
 
@@ -238,114 +206,6 @@ class TrainResult:
     checkpoint_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Data preparation
-# --------------------------------------------------------------------------------------------------------
-@dataclass
-class EncodedSet:
-    """Tokenised records with padded targets, ready for batching.
-
-    ``targets`` and ``teacher`` are (N, max_labels) float32, NaN where missing or padding. ``anchor``
-    (same shape) holds a frozen copy of the model's own logits for rows whose outputs should not drift
-    (add-task's rehearsal rows, see :mod:`rubricate.student.adapt`).
-    """
-
-    keys: list[tuple[str, str]]
-    input_ids: list[list[int]]
-    task_index: np.ndarray
-    targets: np.ndarray
-    teacher: np.ndarray | None = None
-    hidden: list[torch.Tensor] | None = None  # cached encoder outputs (T_i, H), for a frozen encoder
-    anchor: np.ndarray | None = None  # (N, max_labels) self-distillation targets (logits), NaN = none
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def subset(self, idx: Sequence[int]) -> "EncodedSet":
-        idx = list(idx)
-        return EncodedSet([self.keys[i] for i in idx], [self.input_ids[i] for i in idx], self.task_index[idx],
-                          self.targets[idx], None if self.teacher is None else self.teacher[idx],
-                          None if self.hidden is None else [self.hidden[i] for i in idx],
-                          None if self.anchor is None else self.anchor[idx])
-
-
-def check_records(records: Sequence[Record], task_ids: Sequence[str], registry: TaskRegistry,
-                  source: str = "<records>") -> None:
-    """Every record's task must be known to the model; labels must fit the rubric."""
-    known = set(task_ids)
-    for i, r in enumerate(records, start=1):
-        if r.task_id not in known:
-            if r.task_id not in registry:
-                raise UnknownTaskError(r.task_id, list(known))
-            raise InputError(f"task '{r.task_id}' is not one of the model's tasks {sorted(known)}",
-                             file=source, line=i, column="task_id")
-        problems = registry.get(r.task_id).check_labels(r.labels)
-        if problems:
-            raise InputError("; ".join(problems), file=source, line=i, column="labels")
-        if not r.text.strip():
-            raise InputError("empty response text", file=source, line=i, column="text")
-
-
-def encode_records(records: Sequence[Record], tokenizer: Any, task_ids: Sequence[str],
-                   encodings: dict[str, LabelEncoding], max_length: int) -> EncodedSet:
-    """Tokenise (truncate to ``max_length``, no padding: batches are padded dynamically) and encode labels."""
-    index = {t: i for i, t in enumerate(task_ids)}
-    L = max(encodings[t].n_labels for t in task_ids)
-    ids = tokenizer([r.text for r in records], truncation=True, max_length=max_length)["input_ids"] \
-        if records else []
-    targets = np.full((len(records), L), np.nan, dtype=np.float32)
-    for i, r in enumerate(records):
-        enc = encodings[r.task_id]
-        targets[i, : enc.n_labels] = enc.encode(r.labels)
-    return EncodedSet([r.key for r in records], [list(x) for x in ids],
-                      np.array([index[r.task_id] for r in records], dtype=np.int64), targets)
-
-
-def attach_teacher(data: EncodedSet, teacher_file: str | Path, encodings: dict[str, LabelEncoding],
-                   policy: AlignPolicy, eps: float, registry: TaskRegistry | None = None) -> int:
-    """Join a teacher file to ``data`` by (task_id, response_id); returns the number of rows covered.
-
-    Rows are validated against the label encodings of ``registry`` (all its tasks; rows of tasks not being
-    trained are then 'extra' rows under ``policy``) or, without a registry, of ``encodings``.
-    """
-    names = {t: e.names for t, e in encodings.items()}
-    if registry is not None:
-        names = {t.id: LabelEncoding.from_task(t).names for t in registry} | names
-    rows = read_teacher_file(teacher_file, label_names=names)
-    aligned = align_teacher(rows, data.keys, policy=policy, source=teacher_file)
-    L = data.targets.shape[1]
-    teacher = np.full((len(data), L), np.nan, dtype=np.float32)
-    covered = 0
-    for i, row in enumerate(aligned):
-        if row is None:
-            continue
-        z = row.as_logits(eps)
-        teacher[i, : len(z)] = z
-        covered += 1
-    data.teacher = teacher
-    return covered
-
-
-def bucketed_batches(lengths: Sequence[int], batch_size: int, bucket_batches: int,
-                     rng: np.random.Generator) -> list[np.ndarray]:
-    """Mixed-task batches with length bucketing.
-
-    Shuffle all rows (tasks mix freely), cut the order into windows of ``bucket_batches * batch_size``,
-    sort each window by length, cut into batches, then shuffle the batches: similar lengths share a
-    batch (little padding) while the batch order stays random.
-    """
-    order = rng.permutation(len(lengths))
-    window = max(1, bucket_batches) * batch_size
-    batches = []
-    lens = np.asarray(lengths)
-    for s in range(0, len(order), window):
-        chunk = order[s: s + window]
-        chunk = chunk[np.argsort(lens[chunk], kind="stable")]
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -628,13 +488,27 @@ def _train_individual(args: TrainingArguments, registry: TaskRegistry, train_rec
     return TrainResult(out, metrics)
 
 
-def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
-               val_records: list[Record] | None) -> TrainResult:
+@dataclass
+class _Prepared:
+    """What one training run needs besides the model: tasks, encodings, tokenizer and encoded sets."""
+
+    tids: list[str]
+    encodings: dict[str, LabelEncoding]
+    tokenizer: Any
+    pad_id: int
+    train_set: EncodedSet
+    val_set: EncodedSet | None
+    val_records: list[Record] | None
+    info: dict[str, Any]  # teacher coverage, second-rater rows, length statistics (into the metrics)
+
+
+def _prepare(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
+             val_records: list[Record] | None) -> _Prepared:
+    """Check and encode the records; attach the teacher and the second rater to the training set."""
     from transformers import AutoTokenizer
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    set_seed(args.seed)
+    from rubricate.student.modeling import resolve_encoder
+
     tids = _task_ids(args, registry, train_records)
     train_records = [r for r in train_records if r.task_id in set(tids)]
     if not train_records:
@@ -644,44 +518,119 @@ def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: l
         val_records = [r for r in val_records if r.task_id in set(tids)]
         check_records(val_records, tids, registry, args.val_data or "<validation records>")
     encodings = {t: LabelEncoding.from_task(registry.get(t)) for t in tids}
-
-    cfg = args.model_config(tids, [encodings[t].n_labels for t in tids])
-    model = StudentModel.from_encoder(cfg)
-    from rubricate.student.modeling import resolve_encoder
-
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder(args.encoder)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_set = encode_records(train_records, tokenizer, tids, encodings, args.max_length)
-    covered = None
+    info: dict[str, Any] = {"teacher_rows": None,
+                            "lengths": length_stats(tokenizer, train_records, args.max_length)}
     if args.use_kd:
-        covered = attach_teacher(train_set, args.teacher_file, encodings, args.teacher_policy, args.teacher_eps,
-                                 registry)
+        info["teacher_rows"] = attach_teacher(train_set, args.teacher_file, encodings, args.teacher_policy,
+                                              args.teacher_eps, registry)
+    info["train_gold"] = {t: gold_scores(encodings[t], train_set.targets[train_set.task_index == i,
+                                                                         : encodings[t].n_labels])
+                          for i, t in enumerate(tids)}  # official scores, before the second rater
+    info["second_rater_rows"] = add_second_rater(train_set, train_records, encodings, args.second_rater)
     val_set = encode_records(val_records, tokenizer, tids, encodings, args.max_length) if val_records else None
+    return _Prepared(tids, encodings, tokenizer, pad_id, train_set, val_set, val_records, info)
+
+
+def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry, train_set: EncodedSet,
+               val_set: EncodedSet | None) -> tuple[StudentModel, dict[str, Any], Callable[[], dict[str, Any]] | None]:
+    """A fresh student trained on ``train_set`` (early stopping on ``val_set`` when given)."""
+    set_seed(args.seed)
+    model = StudentModel.from_encoder(args.model_config(prep.tids, [prep.encodings[t].n_labels for t in prep.tids]))
 
     def forward(data: EncodedSet, rows: np.ndarray):
-        ids, mask = pad_batch([data.input_ids[i] for i in rows], pad_id)
+        ids, mask = pad_batch([data.input_ids[i] for i in rows], prep.pad_id)
         return model(ids, mask, torch.from_numpy(data.task_index[rows]))
 
     evaluate = None
     if val_set is not None and len(val_set):
         def evaluate() -> dict[str, Any]:
-            return evaluate_agreement(model, val_set, registry, encodings, pad_id, args.eval_batch_size,
-                                      args.threshold)
+            return evaluate_agreement(model, val_set, registry, prep.encodings, prep.pad_id, args.eval_batch_size,
+                                      args.decoder.threshold)
 
     enc_named = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.")]
     new_named = [(n, p) for n, p in model.named_parameters() if not n.startswith("encoder.")]
     groups = param_groups(enc_named, args.lr_encoder, args.weight_decay) + \
         param_groups(new_named, args.lr_new, args.weight_decay)
+    n = len(prep.tids)
     summary = fit(model, train_set, val_set, args, groups, forward, evaluate, args.use_kd,
-                  desc=f"{args.method} ({len(tids)} task{'s' if len(tids) > 1 else ''})")
-    val = evaluate() if evaluate is not None else None
-    metrics = {"method": args.method, "val": val, "teacher_rows": covered,
-               **{k: v for k, v in summary.items() if k != "history"}}
+                  desc=f"{args.method} ({n} task{'s' if n > 1 else ''})")
+    return model, summary, evaluate
+
+
+def _fit_checkpoint_decoder(args: TrainingArguments, model: StudentModel, prep: _Prepared) -> Decoder:
+    """The decoder of ``args.decoder``, fit on the validation predictions (module rubricate.student.decoding)."""
+    if args.decoder.kind == "threshold":
+        return Decoder("threshold", args.decoder.threshold)
+    if prep.val_set is None or not len(prep.val_set):
+        raise InputError(f"decoder '{args.decoder.kind}' is fit on validation data: set 'split', 'val_data' or "
+                         "use decoder kind 'threshold'")
+    logits, _ = run_model(model, prep.val_set.input_ids, prep.val_set.task_index, prep.pad_id, args.eval_batch_size)
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    val_probs, val_gold = {}, {}
+    for i, t in enumerate(prep.tids):
+        rows = prep.val_set.task_index == i
+        n_labels = prep.encodings[t].n_labels
+        val_probs[t] = probs[rows, :n_labels]
+        val_gold[t] = gold_scores(prep.encodings[t], prep.val_set.targets[rows, :n_labels])
+    return fit_decoder(args.decoder, prep.encodings, val_probs, val_gold, prep.info["train_gold"])
+
+
+def chosen_epochs(summary: dict[str, Any], n_train: int, batch_size: int) -> float | None:
+    """Epochs (passes over the training set) at the evaluation early stopping kept, or None without one."""
+    best = summary.get("best_val_mean_agreement")
+    hist = [h for h in summary.get("history", []) if h.get("val_mean_agreement") == best]
+    if best is None or not hist:
+        return None
+    return hist[0]["step"] / math.ceil(n_train / batch_size)
+
+
+def _refit(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
+           epochs: float) -> tuple[StudentModel, dict[str, Any]]:
+    """Retrain from scratch on train + validation for ``epochs`` (see ``TrainingArguments.refit``)."""
+    assert prep.val_set is not None and prep.val_records is not None
+    extra = encode_records(prep.val_records, prep.tokenizer, prep.tids, prep.encodings, args.max_length)
+    if args.use_kd:
+        attach_teacher(extra, args.teacher_file, prep.encodings, args.teacher_policy, args.teacher_eps, registry)
+    add_second_rater(extra, prep.val_records, prep.encodings, args.second_rater)
+    merged = concat_sets(prep.train_set, extra)
+    refit_args = copy.deepcopy(args)
+    refit_args.epochs = epochs
+    model, summary, _ = _fit_model(refit_args, prep, registry, merged, None)
+    return model, summary
+
+
+def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
+               val_records: list[Record] | None) -> TrainResult:
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    prep = _prepare(args, registry, train_records, val_records)
+    model, summary, evaluate = _fit_model(args, prep, registry, prep.train_set, prep.val_set)
+    decoder = _fit_checkpoint_decoder(args, model, prep)
+    info = {k: v for k, v in prep.info.items() if k != "train_gold"}
+    metrics: dict[str, Any] = {"method": args.method, "val": evaluate() if evaluate is not None else None,
+                               **info, **{k: v for k, v in summary.items() if k != "history"}}
     out = Path(args.output_dir)
-    save_model(model, tokenizer, out, checkpoint_document(model, registry, encodings, args, metrics,
-                                                           model_id=out.name or "student",
-                                                           extra={"history": summary["history"]}))
-    return TrainResult(out, metrics, summary["history"])
+    history = summary["history"]
+    if args.refit:
+        epochs = chosen_epochs(summary, len(prep.train_set), args.batch_size)
+        if epochs is None:
+            raise InputError("refit needs validation data for early stopping to choose the epochs")
+        _save(model, prep, registry, args, metrics, decoder, out / "selection", history)
+        model, refit_summary = _refit(args, prep, registry, epochs)
+        metrics["refit"] = {"epochs": epochs, **{k: v for k, v in refit_summary.items() if k != "history"}}
+        history = history + [{"refit": True, **h} for h in refit_summary["history"]]
+    _save(model, prep, registry, args, metrics, decoder, out, history)
+    return TrainResult(out, metrics, history)
+
+
+def _save(model: StudentModel, prep: _Prepared, registry: TaskRegistry, args: TrainingArguments,
+          metrics: dict[str, Any], decoder: Decoder, out: Path, history: list[dict[str, Any]]) -> None:
+    save_model(model, prep.tokenizer, out,
+               checkpoint_document(model, registry, prep.encodings, args, metrics, model_id=out.name or "student",
+                                   extra={"history": history, "decoder": decoder.to_dict()}))
 
 
 def load_checkpoint(checkpoint_dir: str | Path) -> tuple[StudentModel, Any, TaskRegistry, dict[str, LabelEncoding],
