@@ -206,3 +206,16 @@ def concat_sets(a: EncodedSet, b: EncodedSet) -> EncodedSet:
     return EncodedSet(a.keys + b.keys, a.input_ids + b.input_ids, np.concatenate([a.task_index, b.task_index]),
                       np.concatenate([a.targets, b.targets]), both(a.teacher, b.teacher, len(a), len(b), w),
                       None, both(a.anchor, b.anchor, len(a), len(b), w))
+
+
+def choose_max_length(tokenizer: Any, records: Sequence[Record], coverage: float = 0.995, multiple: int = 32,
+                      ceiling: int = 512) -> int:
+    """The smallest multiple of ``multiple`` (<= ``ceiling``) that leaves at least ``coverage`` of the responses uncut.
+
+    Why a multiple: batches are padded to their longest row anyway; a round number keeps recipes readable.
+    """
+    if not records:
+        return multiple
+    lens = np.sort([len(x) for x in tokenizer([r.text for r in records], truncation=False)["input_ids"]])
+    need = int(lens[min(len(lens) - 1, int(np.ceil(coverage * len(lens))) - 1)])
+    return int(min(ceiling, multiple * int(np.ceil(need / multiple))))
