@@ -1,12 +1,13 @@
 """Loaders: real data files -> :class:`~rubricate.data.records.Record` lists.
 
-Every loader reads the whole file strictly: a problem is an :class:`~rubricate.errors.InputError` that
+Every loader reads the whole file strictly, through the one table reader (:mod:`rubricate.data.tables`): a problem is an :class:`~rubricate.errors.InputError` that
 names the file, the *physical* line (the header is line 1; a quoted text spanning several lines counts
 every line) and the column. Nothing is skipped silently. The cases checked everywhere are
 
 * a missing column (reported at the header, line 1),
 * a label that is not an integer, or out of the task's range (``Task.check_labels``),
-* an empty response text,
+* an empty response text (:func:`rubricate.data.text.is_blank`: invisible characters count as empty), a text
+  that is not a string or holds a NUL,
 * undecodable bytes (reported at the physical line that holds them),
 * a duplicate ``(task_id, response_id)``,
 * an unknown task id (when a :class:`~rubricate.tasks.TaskRegistry` is given).
@@ -27,113 +28,40 @@ Formats
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 from rubricate.data.records import Record
-from rubricate.data.jsonl import parse_jsonl_line
+from rubricate.data.tables import ProblemKind, detect_format, open_table
+from rubricate.data.text import text_problem
 from rubricate.errors import InputError
 from rubricate.tasks import TaskRegistry
 
 TableFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "records"]
 
-_SUFFIX_FORMATS: dict[str, str] = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
 
+# --- rows from the one table reader (rubricate.data.tables) ---------------------------------------------------
+def _strict_rows(path: Path, format: str, *, encoding: str = "utf-8", sep: str | None = None, quote: bool = True,
+                 tolerate: Sequence[ProblemKind] = ("too_few_fields",)
+                 ) -> tuple[list[str] | None, Iterator[tuple[int, dict[str, Any]]]]:
+    """(header, rows) where a row problem is raised as an InputError, except the kinds in ``tolerate``.
 
-# --- low-level readers: yield (physical line, row dict) ---------------------------------------------------
-def _decode(path: Path, data: bytes, encoding: str, header: list[str] | None = None, sep: str | None = None) -> str:
-    """Decode a whole file; on failure name the physical line (and the column when the header is known)."""
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        line_start = data.rfind(b"\n", 0, e.start) + 1
-        column = None
-        if header is None and sep is not None:
-            first = data.split(b"\n", 1)[0].decode(encoding, errors="replace").rstrip("\r").lstrip("\ufeff")
-            header = first.split(sep)
-        if header and sep is not None:
-            idx = data[line_start : e.start].count(sep.encode())
-            column = header[idx] if idx < len(header) else None
-        raise InputError(
-            f"undecodable bytes (not {encoding}): byte 0x{data[e.start]:02x} at offset {e.start - line_start} "
-            f"of the line; re-save the file as UTF-8 or pass the right encoding",
-            file=path, line=line, column=column,
-        ) from None
+    A row with too few fields is padded with empty cells ("not scored"), as a spreadsheet export that drops
+    trailing empty cells would need. The header is read (and its problems raised) before this returns.
+    """
+    table = open_table(path, format, encoding=encoding, sep=sep, quote=quote)
 
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        with table:
+            for row in table.rows():
+                if row.problem is not None and row.problem.kind not in tolerate:
+                    raise row.error(path)
+                yield row.line, row.values
 
-def _read_delimited(path: Path, sep: str, encoding: str) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
-    """CSV/TSV with standard quoting; line numbers are physical (csv.reader.line_num counts raw lines)."""
-    text = _decode(path, path.read_bytes(), encoding, sep=sep)
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputError("the file is empty (no header line)", file=path, line=1) from None
-    except csv.Error as e:
-        raise InputError(f"cannot parse the header: {e}", file=path, line=1) from None
-    header = [h.strip() for h in header]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise InputError(f"duplicate column names in the header: {dupes}", file=path, line=1)
-
-    def rows() -> Iterator[tuple[int, dict[str, str]]]:
-        prev = reader.line_num
-        while True:
-            start = prev + 1
-            try:
-                cells = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                raise InputError(f"cannot parse the row: {e}", file=path, line=start) from None
-            prev = reader.line_num
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue  # a blank line is not a record
-            if len(cells) > len(header):
-                raise InputError(
-                    f"{len(cells)} fields but the header has {len(header)} (an unescaped separator or quote?)",
-                    file=path, line=start,
-                )
-            cells = cells + [""] * (len(header) - len(cells))
-            yield start, dict(zip(header, cells))
-
-    return header, rows()
-
-
-def _read_jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    data = path.read_bytes()
-    text = _decode(path, data, encoding)
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        obj = parse_jsonl_line(line, path, lineno)
-        if obj is not None:
-            yield lineno, obj
-
-
-def _read_parquet(path: Path) -> tuple[list[str], Iterator[tuple[int, dict[str, Any]]]]:
-    """Parquet has no lines: ``line`` is the 1-based row number."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for corrupt files
-        raise InputError(f"cannot read Parquet file: {e}", file=path) from None
-    header = list(table.column_names)
-    return header, ((i + 1, row) for i, row in enumerate(table.to_pylist()))
+    return table.columns, rows()
 
 
 # --- value checks -----------------------------------------------------------------------------------------
@@ -220,8 +148,11 @@ class _Builder:
             raise InputError("empty response id", file=self.path, line=line, column=id_column)
         if not task_id:
             raise InputError("empty task id", file=self.path, line=line, column=self.task_field)
-        if _is_missing(text):
+        if text is None or (isinstance(text, float) and math.isnan(text)):
             raise InputError("empty response text", file=self.path, line=line, column=text_column)
+        bad = text_problem(text, "response text")
+        if bad:
+            raise InputError(bad, file=self.path, line=line, column=text_column)
         key = (task_id, response_id)
         if key in self.seen:
             raise InputError(
@@ -259,16 +190,6 @@ def _require_columns(path: Path, header: Sequence[str] | None, row: Mapping[str,
 
 
 # --- generic tables -------------------------------------------------------------------------------------------
-def detect_format(path: str | Path) -> str:
-    """Format from the file suffix (``.csv``, ``.tsv``/``.tab``, ``.jsonl``/``.ndjson``, ``.parquet``/``.pq``)."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return _SUFFIX_FORMATS[suffix]
-    except KeyError:
-        raise InputError(f"unknown file type '{suffix}' (use one of {sorted(_SUFFIX_FORMATS)} or pass format=)",
-                         file=path) from None
-
-
 def load_table(
     path: str | Path,
     *,
@@ -297,23 +218,18 @@ def load_table(
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", file=path)
-    fmt = detect_format(path) if format == "auto" else format
+    fmt = format if format == "records" else detect_format(path, None if format == "auto" else format)
     group_columns = list(group_columns or [])
 
-    header: list[str] | None
-    if fmt in ("csv", "tsv"):
-        header, rows = _read_delimited(path, sep or ("\t" if fmt == "tsv" else ","), encoding)
-    elif fmt == "parquet":
-        header, rows = _read_parquet(path)
-    elif fmt in ("jsonl", "records"):
-        header, rows = None, _read_jsonl(path, encoding)
-        if fmt == "jsonl" and not label_columns:
-            rows_list = list(rows)
-            if rows_list and isinstance(rows_list[0][1].get("labels"), dict):
-                fmt = "records"
-            rows = iter(rows_list)
+    if fmt == "records":
+        header, rows = _strict_rows(path, "jsonl", encoding=encoding)
     else:
-        raise InputError(f"unknown format '{fmt}'", file=path)
+        header, rows = _strict_rows(path, fmt, encoding=encoding, sep=sep)
+    if fmt == "jsonl" and not label_columns:
+        first = next(rows, None)  # rows carrying a ``labels`` object are native records
+        if first is not None and isinstance(first[1].get("labels"), dict):
+            fmt = "records"
+        rows = chain([first] if first is not None else [], rows)
 
     if fmt == "records":
         return _build_native(path, rows, registry)
@@ -402,7 +318,7 @@ def load_asap_sas(
     """
     path = Path(path)
     chosen = _check_sets(sets, ASAP_SAS_SETS, "ASAP-SAS")
-    header, rows = _read_delimited(path, "\t", "ascii")
+    header, rows = _strict_rows(path, "tsv", encoding="ascii")
     _require_columns(path, header, {}, _SAS_COLUMNS, 1)
     builder = _Builder(path, registry, "EssaySet")
     for line, row in rows:
@@ -464,31 +380,6 @@ def _unquote(field: str) -> str:
     return field
 
 
-def _read_aes_lines(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
-    """One record per physical line (never csv quoting: essay 10534 opens a quote it never closes)."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if not lines or not lines[0].strip():
-        raise InputError("the file is empty (no header line)", file=path, line=1)
-    header = lines[0].decode(encoding, errors="replace").rstrip("\r").lstrip("\ufeff").split("\t")
-
-    def rows() -> Iterator[tuple[int, dict[str, str]]]:
-        for i, raw in enumerate(lines[1:], start=2):
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError:
-                # cp1252 leaves 0x81/0x8D/0x8F/0x90/0x9D undefined; the ASAP file has 78 x 0x9D from old mojibake.
-                text = raw.decode(encoding, errors="replace")
-            cells = text.rstrip("\r").split("\t")
-            if len(cells) != len(header):
-                raise InputError(f"{len(cells)} tab-separated fields, expected {len(header)}", file=path, line=i)
-            yield i, dict(zip(header, cells))
-
-    return header, rows()
-
-
 def load_asap_aes(
     path: str | Path,
     sets: Iterable[int] | None = None,
@@ -498,9 +389,9 @@ def load_asap_aes(
 ) -> list[Record]:
     """ASAP-AES ``training_set_rel3.tsv`` -> 12,978 records ``asap-aes-N``.
 
-    Parsing: one record per physical line, fields split on tabs and unquoted by hand (Python's csv module
-    follows the unclosed quote of essay 10534 and swallows two essays). Decoded as Windows-1252; the bytes it
-    leaves undefined become U+FFFD.
+    Parsing: one record per physical line, read without CSV quoting (``open_table(quote=False)``: with quoting,
+    the unclosed quote of essay 10534 would take two essays with it), then each essay unquoted. Decoded as
+    Windows-1252; the bytes it leaves undefined become U+FFFD.
 
     Labels (see ``docs/task-files.md``, section ASAP-AES), chosen so that every ``rater2`` key sits on the
     same scale as the ``labels`` key of the same name:
@@ -514,7 +405,9 @@ def load_asap_aes(
     """
     path = Path(path)
     chosen = _check_sets(sets, ASAP_AES_SETS, "ASAP-AES")
-    header, rows = _read_aes_lines(path, encoding)
+    # one record per physical line, never csv quoting: essay 10534 opens a quote it never closes; cp1252 leaves
+    # 0x81/0x8D/0x8F/0x90/0x9D undefined (the file has 78 x 0x9D from old mojibake): they become U+FFFD
+    header, rows = _strict_rows(path, "tsv", encoding=encoding, quote=False, tolerate=("encoding",))
     _require_columns(path, header, {}, _AES_COLUMNS[:10], 1)
     builder = _Builder(path, registry, "essay_set")
     for line, row in rows:
@@ -588,7 +481,7 @@ def load_asap_pp(
         raise InputError("ASAP-AES file needed for the essay texts was not found (pass aes_tsv=)", file=aes_tsv)
     chosen = _check_sets(sets, ASAP_PP_SETS, "ASAP++")
     texts = {r.response_id: r for r in load_asap_aes(aes_tsv, sets=chosen)}
-    header, rows = _read_delimited(pp_csv, ",", "utf-8")
+    header, rows = _strict_rows(pp_csv, "csv")
     _require_columns(pp_csv, header, {}, ["essay_id", "essay_set", "score"], 1)
     builder = _Builder(pp_csv, registry, "essay_set")
     for line, row in rows:

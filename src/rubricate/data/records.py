@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rubricate.data.jsonl import iter_jsonl
+from rubricate.data.tables import read_rows
+from rubricate.data.text import text_problem
 from rubricate.errors import InputError
 
 
@@ -49,12 +50,13 @@ def write_records(records: Iterable[Record], path: str | Path) -> Path:
 def iter_records(path: str | Path) -> Iterator[Record]:
     """Read native JSONL records; errors name the file, line and field."""
     path = Path(path)
-    for lineno, d in iter_jsonl(path):
+    for lineno, d in read_rows(path, "jsonl"):
         for col in ("response_id", "task_id", "text"):
             if col not in d:
                 raise InputError("missing field", file=path, line=lineno, column=col)
-        if not str(d["text"]).strip():
-            raise InputError("empty response text", file=path, line=lineno, column="text")
+        bad = text_problem(d["text"], "response text")
+        if bad:
+            raise InputError(bad, file=path, line=lineno, column="text")
         yield Record(
             response_id=str(d["response_id"]),
             task_id=str(d["task_id"]),

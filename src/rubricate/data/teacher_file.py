@@ -28,7 +28,7 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-from rubricate.data.jsonl import iter_jsonl
+from rubricate.data.tables import read_rows
 from rubricate.errors import InputError
 
 AlignPolicy = Literal["strict", "ignore_extra", "allow_missing"]
@@ -87,7 +87,7 @@ def read_teacher_file(path: str | Path, label_names: dict[str, list[str]] | None
     """
     path = Path(path)
     out: dict[tuple[str, str], TeacherRow] = {}
-    for lineno, d in iter_jsonl(path):
+    for lineno, d in read_rows(path, "jsonl"):
         for col in ("task_id", "response_id", "label_names"):
             if col not in d:
                 raise InputError("missing field", file=path, line=lineno, column=col)
