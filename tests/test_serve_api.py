@@ -16,6 +16,7 @@ from rubricate.serve.app import create_app
 from rubricate.serve.settings import ServeSettings, load_settings
 from serve_fakes import FakeScorer, fake_agent_runner
 
+S3CRET, OTHER = "s3cret-token-0123456789", "other-token-0123456789"  # at least min_token_length
 TABLES = (db.Response, db.Prediction, db.Review, db.ReviewDecision, db.AgentResultRow, db.Job)
 
 
@@ -134,19 +135,19 @@ def test_limits_give_413(make) -> None:
 
 
 def test_bearer_auth(make) -> None:
-    with TestClient(make(tokens=["s3cret", "other"])) as c:
+    with TestClient(make(tokens=[S3CRET, OTHER])) as c:
         assert c.get("/healthz").status_code == 200
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": S3CRET}):
             r = c.post("/v1/score", json={"items": [item()]}, headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
             assert c.get("/v1/reviews", headers=headers).status_code == 401
         assert sum(counts(c.app).values()) == 0
-        ok = {"Authorization": "Bearer other"}
+        ok = {"Authorization": "Bearer " + OTHER}
         assert c.post("/v1/score", json={"items": [item()]}, headers=ok).status_code == 200
         page = c.get("/", follow_redirects=False)
         assert page.status_code == 303 and page.headers["location"].startswith("/login")
         assert c.post("/login", data={"token": "nope", "next": "/"}).status_code == 401
-        r = c.post("/login", data={"token": "s3cret", "next": "/reviews"}, follow_redirects=False)
+        r = c.post("/login", data={"token": S3CRET, "next": "/reviews"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/reviews"
         assert c.get("/reviews").status_code == 200  # the cookie now authenticates the page and its API calls
         assert c.get("/v1/reviews").status_code == 200
@@ -158,14 +159,15 @@ def test_no_tokens_means_loopback_only() -> None:
     with pytest.raises(InputError, match="127.0.0.1"):
         ServeSettings(host="0.0.0.0").check_binding()
     ServeSettings(host="127.0.0.1").check_binding()
-    ServeSettings(host="0.0.0.0", tokens=["t"]).check_binding()
-    s = load_settings(env={"RUBRICATE_API_TOKENS": "a, b", "RUBRICATE_DATABASE_URL": "sqlite:///x.db"}, port=9)
-    assert s.tokens == ["a", "b"] and s.database_url == "sqlite:///x.db" and s.port == 9
+    ServeSettings(host="0.0.0.0", tokens=[S3CRET]).check_binding()
+    s = load_settings(env={"RUBRICATE_API_TOKENS": f"{S3CRET}, {OTHER}", "RUBRICATE_DATABASE_URL": "sqlite:///x.db"},
+                      port=9)
+    assert s.tokens == [S3CRET, OTHER] and s.database_url == "sqlite:///x.db" and s.port == 9
 
 
 def test_review_queue_accept_override_and_export(client, tmp_path: Path) -> None:
     from rubricate.data.records import read_records
-    from rubricate.serve.service import export_reviews
+    from rubricate.serve.reviews import export_reviews
 
     res = client.post("/v1/score", json={"items": [item(1, text="unsure 1"), item(2, text="unsure 2"),
                                                    item(3)]}).json()["results"]

@@ -79,7 +79,7 @@ def test_migrations_on_postgres_match_the_models(pg_url: str) -> None:
 
 def test_full_flow_on_postgres(pg_url: str, tmp_path: Path) -> None:
     from rubricate.data.records import read_records
-    from rubricate.serve.service import export_reviews
+    from rubricate.serve.reviews import export_reviews
 
     app = create_app(ServeSettings(database_url=pg_url), scorer=FakeScorer(), agent_runner=fake_agent_runner())
     with TestClient(app) as c:

@@ -11,16 +11,21 @@ from typing import Optional
 
 import typer
 
+from rubricate.batch.predict import PredictOptions
+from rubricate.serve.settings import ServeSettings
+
+_PREDICT = PredictOptions()  #: the predict verb's defaults are the library's, never retyped
+SERVE_DEFAULTS = ServeSettings()  #: option defaults are read from the library's settings model, never retyped
 db_app = typer.Typer(help="Server database: migrations.", no_args_is_help=True)
 reviews_app = typer.Typer(help="Human review decisions.", no_args_is_help=True)
 
-DB_HELP = "SQLAlchemy URL (default: $RUBRICATE_DATABASE_URL or sqlite:///rubricate.db)."
+DB_HELP = f"SQLAlchemy URL (default: $RUBRICATE_DATABASE_URL or {SERVE_DEFAULTS.database_url})."
 
 
 def _db_url(url: str | None) -> str:
     import os
 
-    return url or os.environ.get("RUBRICATE_DATABASE_URL") or "sqlite:///rubricate.db"
+    return url or os.environ.get("RUBRICATE_DATABASE_URL") or SERVE_DEFAULTS.database_url
 
 
 def export(
@@ -68,27 +73,27 @@ def export(
 
 def predict(
     model: Path = typer.Option(..., "--model", help="Student checkpoint directory."),
-    input: Path = typer.Option(..., "--input", help="CSV, JSONL or Parquet with task_id, text, response_id."),
-    output: Path = typer.Option(..., "--output", help="CSV, JSONL or Parquet (format from the extension)."),
+    input: Path = typer.Option(..., "--input", help="CSV, TSV, JSONL or Parquet with task_id, text, response_id."),
+    output: Path = typer.Option(..., "--output", help="CSV, TSV, JSONL or Parquet (format from the extension)."),
     backend: str = typer.Option("auto", help="auto (ONNX when exported) | torch | onnx."),
     int8: bool = typer.Option(False, "--int8", help="Use the int8 model (ONNX int8 file, or torch dynamic int8)."),
-    chunk_size: int = typer.Option(1000, help="Rows read, scored and committed together."),
-    batch_size: int = typer.Option(64, help="Rows per forward pass."),
-    review_confidence: float = typer.Option(0.6, help="needs_review = confidence below this."),
-    task: Optional[str] = typer.Option(None, help="Score every row for this task (no task column needed)."),
-    task_column: str = typer.Option("task_id"),
-    text_column: str = typer.Option("text"),
-    id_column: str = typer.Option("response_id"),
-    input_format: Optional[str] = typer.Option(None, help="csv | jsonl | parquet (default: from the extension)."),
-    output_format: Optional[str] = typer.Option(None, help="csv | jsonl | parquet (default: from the extension)."),
-    overwrite: bool = typer.Option(False, help="Start again instead of resuming a partial output."),
+    chunk_size: int = typer.Option(_PREDICT.chunk_size, help="Rows read, scored and committed together."),
+    batch_size: int = typer.Option(_PREDICT.batch_size, help="Rows per forward pass."),
+    review_confidence: float = typer.Option(_PREDICT.review_confidence, help="needs_review = confidence below this."),
+    task: Optional[str] = typer.Option(_PREDICT.task, help="Score every row for this task (no task column needed)."),
+    task_column: str = typer.Option(_PREDICT.task_column),
+    text_column: str = typer.Option(_PREDICT.text_column),
+    id_column: str = typer.Option(_PREDICT.id_column),
+    input_format: Optional[str] = typer.Option(None, help="csv | tsv | jsonl | parquet (default: from the extension)."),
+    output_format: Optional[str] = typer.Option(None, help="csv | tsv | jsonl | parquet (default: from the extension)."),
+    overwrite: bool = typer.Option(_PREDICT.overwrite, help="Start again instead of resuming a partial output."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model (default: all cores)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(_PREDICT.progress, "--progress/--no-progress"),
 ) -> None:
     """Batch-score a file: streamed, resumable, problem rows reported with their line numbers."""
     from rich.console import Console
 
-    from rubricate.serve.predict import PredictOptions, predict_file
+    from rubricate.batch import predict_file
     from rubricate.student.scorer import Scorer
 
     console = Console(stderr=True)
@@ -113,20 +118,25 @@ def serve(
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="Task files (default: those in the checkpoint)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
     host: Optional[str] = typer.Option(None, help="Bind address; anything but loopback needs API tokens."),
-    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+    port: Optional[int] = typer.Option(None, help=f"Port (default {SERVE_DEFAULTS.port})."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON server settings (see ServeSettings)."),
     backend: Optional[str] = typer.Option(None, help="Student backend: auto | torch | onnx."),
     int8: Optional[bool] = typer.Option(None, "--int8/--fp32", help="Serve the int8 model."),
     agents_backend: Optional[str] = typer.Option(None, help="LLM path: local[:smollm2|gemma3|file.gguf] or "
                                                            "openai:MODEL@BASE_URL."),
-    review_confidence: Optional[float] = typer.Option(None, help="Review queue threshold on confidence."),
+    review_confidence: Optional[float] = typer.Option(None, help="Review queue threshold on confidence (default "
+                                                                 f"{SERVE_DEFAULTS.review_confidence})."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
-    """Run the API server and web page (OpenAPI docs at /docs). Tokens: RUBRICATE_API_TOKENS or config."""
+    """Run the API server and web page (OpenAPI docs at /docs). Tokens: RUBRICATE_API_TOKENS or config.
+
+    A database that cannot be used (missing directory, read-only file) is one error line, not a traceback.
+    """
     import uvicorn
 
     from rubricate.serve.app import create_app, load_scorer
+    from rubricate.serve.db import safe_url
     from rubricate.serve.settings import load_settings
 
     settings = load_settings(config, model_dir=model, tasks_dir=tasks, database_url=db, host=host, port=port,
@@ -137,7 +147,7 @@ def serve(
     app = create_app(settings, scorer=scorer)
     mode = "bearer tokens" if settings.tokens else "local-only (no tokens; bound to loopback)"
     typer.echo(f"rubricate serving on http://{settings.host}:{settings.port} ({mode}); database "
-               f"{settings.database_url.split('@')[-1]}", err=True)
+               f"{safe_url(settings.database_url)}", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
 
 
@@ -152,7 +162,7 @@ def db_upgrade(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP),
 
 @db_app.command("current")
 def db_current(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Print the database's revision and the latest one shipped."""
+    """Print the database's revision and the latest one shipped (never creates a database)."""
     from rubricate.serve.db import current_revision, head_revision
 
     typer.echo(f"current: {current_revision(_db_url(db))}  latest: {head_revision()}")
@@ -162,7 +172,7 @@ def db_current(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> 
 def reviews_export(output: Path = typer.Option(..., "--output", "-o", help="Records JSONL to write."),
                    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
     """Write the human review decisions as labeled records (loader format) for retraining or add-task."""
-    from rubricate.serve.service import export_reviews
+    from rubricate.serve.reviews import export_reviews
 
     path, n = export_reviews(_db_url(db), output)
     typer.echo(f"wrote {n} reviewed responses to {path}")

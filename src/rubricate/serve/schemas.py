@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+
+from rubricate.serve.db import MAX_ID_CHARS
+from rubricate.serve.validation import storable_problem
+
+MAX_DB_INT = 2**31 - 1  #: bound of every integer in a path, query or score (a 32-bit database integer)
+MAX_JOB_ID_CHARS = 64  #: job ids are uuid4 hex (the column is String(64))
+Score = Annotated[StrictInt, Field(ge=-MAX_DB_INT, le=MAX_DB_INT)]
 
 
 class _In(BaseModel):
@@ -12,9 +19,9 @@ class _In(BaseModel):
 
 
 class ScoreItemIn(_In):
-    task_id: str = Field(min_length=1, max_length=200, description="A task id from GET /v1/tasks.")
+    task_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="A task id from GET /v1/tasks.")
     text: str = Field(description="The student's response.")
-    response_id: str | None = Field(None, min_length=1, max_length=200,
+    response_id: str | None = Field(None, min_length=1, max_length=MAX_ID_CHARS,
                                     description="Your id for the response; makes retries idempotent. "
                                                 "Generated when absent.")
 
@@ -66,17 +73,21 @@ class JobStatus(BaseModel):
 
 class ReviewDecisionIn(_In):
     action: Literal["accept", "override"]
-    rater_id: str = Field(min_length=1, max_length=200)
+    rater_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
     comment: str = Field("", max_length=5000)
-    scores: dict[str, int] | None = Field(None, description="Override: score per scale/criterion id.")
+    scores: dict[str, Score] | None = Field(None, description="Override: score per scale/criterion id (integers; "
+                                                              "true or \"1\" are refused).")
     source: Literal["student", "agents"] = Field("student", description="Accept: whose scores to accept.")
+    replace: bool = Field(False, description="Replace the decision of an already decided review (else 409); "
+                                             "the earlier decision stays in the history.")
 
     @field_validator("rater_id", "comment")
     @classmethod
     def _storable(cls, v: str) -> str:
-        """PostgreSQL text cannot hold NUL; refuse it here (a 422) rather than fail in the database."""
-        if "\x00" in v:
-            raise ValueError("contains a NUL character")
+        """No database stores NUL or lone surrogates faithfully: refuse them here (a 422), never in the database."""
+        bad = storable_problem(v, "the value")
+        if bad:
+            raise ValueError(bad.removeprefix("the value "))
         return v
 
 

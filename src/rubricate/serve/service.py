@@ -8,26 +8,32 @@ through the same code, and so that its guarantees are stated once:
 * **idempotent, exactly-once storage** - a response is identified by ``(task_id, response_id)``; replaying
   a request (a client retrying after a timeout or a server crash) returns the stored result instead of
   adding a row, and the same key with a *different* text is a conflict, never an overwrite;
+* **acknowledged means durable** - every write goes through :meth:`rubricate.serve.db.Database.write`,
+  which raises :class:`~rubricate.serve.db.DatabaseUnavailable` (HTTP 503) unless the commit reached the
+  database file the next start will open;
 * **review queue** - a student result whose confidence is below ``review_confidence`` and a response on
   which the student and the agents differ by ``disagreement_threshold`` or more on any scale enter the
-  queue; every human decision is kept (:class:`~rubricate.serve.db.ReviewDecision`).
+  queue (decisions: :mod:`rubricate.serve.reviews`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import threading
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from rubricate.data.records import Record, write_records
+from rubricate.data.records import Record
 from rubricate.serve import db
 from rubricate.serve.settings import ServeSettings
+from rubricate.serve.validation import Conflict, Item, NotFound, Problem, ValidationFailed, validate_items
 from rubricate.tasks import Task, TaskRegistry
 
 
@@ -44,50 +50,7 @@ class ScorerLike(Protocol):
 
 # (task, records, mode) -> one AgentResult (pydantic model or dict) per record, in order
 AgentRunner = Callable[[Task, list[Record], str], list[Any]]
-
-
-@dataclass
-class Problem:
-    """One validation problem, located like FastAPI's own errors: ``("body", "items", 3, "task_id")``."""
-
-    loc: tuple[Any, ...]
-    msg: str
-    type: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
-
-
-class ValidationFailed(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in problems[:5]))
-
-
-class Conflict(ValidationFailed):
-    """A ``(task_id, response_id)`` already stored with a different text (HTTP 409)."""
-
-
-class NotFound(Exception):
-    pass
-
-
-@dataclass
-class Item:
-    task_id: str
-    text: str
-    response_id: str | None = None
-
-
-def _text_problem(value: str, what: str) -> str | None:
-    """Texts that no database can store faithfully are refused up front (a 422, never a 500)."""
-    if "\x00" in value:
-        return f"{what} contains a NUL character"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"{what} is not valid Unicode (lone surrogate)"
-    return None
+BATCH_RESULT_COLUMNS = ["task_id", "response_id", "scores", "confidence", "needs_review", "model_version"]
 
 
 def _pred_field(pred: Any, name: str, default: Any = None) -> Any:
@@ -101,9 +64,7 @@ def _as_dict(obj: Any) -> dict[str, Any]:
         return obj
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
+    if is_dataclass(obj) and not isinstance(obj, type):
         return asdict(obj)
     raise TypeError(f"cannot convert {type(obj).__name__} to a dict")
 
@@ -121,13 +82,39 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def find_responses(s: Session, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], db.Response]:
+    """Stored responses by ``(task_id, response_id)``, queried in chunks (IN lists stay small)."""
+    by_task: dict[str, list[str]] = {}
+    for t, r in keys:
+        by_task.setdefault(t, []).append(r)
+    out: dict[tuple[str, str], db.Response] = {}
+    for t, rids in by_task.items():
+        for i in range(0, len(rids), 500):
+            rows = s.scalars(select(db.Response).where(db.Response.task_id == t,
+                                                       db.Response.response_id.in_(rids[i:i + 500])))
+            out.update({(row.task_id, row.response_id): row for row in rows})
+    return out
+
+
+def _conflicts(items: Sequence[Item], keys: list[tuple[str, str]], existing: dict[tuple[str, str], db.Response],
+               field: str) -> list[Problem]:
+    problems = []
+    for i, (it, key) in enumerate(zip(items, keys)):
+        row = existing.get(key)
+        if row is not None and row.text_sha256 != db.text_digest(it.text):
+            problems.append(Problem(("body", field, i, "response_id"),
+                                    f"response '{key[1]}' of task '{key[0]}' is already stored with a "
+                                    "different text", "conflict"))
+    return problems
+
+
 class ScoringService:
     """The server's behaviour over one database, one (optional) student and an (optional) agent runner."""
 
-    def __init__(self, settings: ServeSettings, Session: sessionmaker, scorer: ScorerLike | None = None,
+    def __init__(self, settings: ServeSettings, database: db.Database, scorer: ScorerLike | None = None,
                  tasks: TaskRegistry | None = None, agent_runner: AgentRunner | None = None) -> None:
         self.settings = settings
-        self.Session = Session
+        self.db = database
         self.scorer = scorer
         self.agent_runner = agent_runner
         if tasks is None:
@@ -135,6 +122,22 @@ class ScoringService:
         self.tasks = tasks
         self._model_pk: int | None = None
         self._score_lock = threading.Lock()  # one predict() at a time: the model already uses every core
+
+    # -- what the server offers -----------------------------------------------------------------------
+    def task_list(self) -> list[dict[str, Any]]:
+        """Every task with its question and rubric, and whether the served student scores it."""
+        student = set(self.scorer.tasks.ids) if self.scorer is not None else set()
+        return [{**t.model_dump(mode="json", exclude={"metadata"}), "student": t.id in student} for t in self.tasks]
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and readiness: database (answers, takes durable writes), model, agents."""
+        database = self.db.health()
+        sc = self.scorer
+        return {"status": "ok" if database["ok"] else "unhealthy",
+                "model": None if sc is None else {"model_id": sc.model_id, "model_version": sc.model_version,
+                                                  "backend": str(getattr(sc, "backend", ""))},
+                "agents": self.agents_enabled(), "database": database, "database_revision": database["revision"],
+                "auth": "bearer" if not self.settings.local_only else "local-only"}
 
     # -- model version ------------------------------------------------------------------------------------
     def model_pk(self) -> int:
@@ -144,84 +147,42 @@ class ScoringService:
         if self.scorer is None:
             raise RuntimeError("no student model is loaded")
         mid, ver = str(self.scorer.model_id), str(self.scorer.model_version)
-        backend = str(getattr(self.scorer, "backend", ""))
+        where = (db.ModelVersion.model_id == mid, db.ModelVersion.model_version == ver)
         for _ in range(3):
-            with self.Session() as s:
-                row = s.scalar(select(db.ModelVersion).where(db.ModelVersion.model_id == mid,
-                                                              db.ModelVersion.model_version == ver))
-                if row is not None:
-                    self._model_pk = row.id
-                    return row.id
-                try:
-                    s.add(db.ModelVersion(model_id=mid, model_version=ver, backend=backend))
-                    s.commit()
-                except IntegrityError:
-                    s.rollback()
+            with self.db.read() as s:
+                row = s.scalar(select(db.ModelVersion).where(*where))
+            if row is not None:
+                self._model_pk = row.id
+                return row.id
+            try:
+                with self.db.write() as s:
+                    s.add(db.ModelVersion(model_id=mid, model_version=ver, backend=str(getattr(self.scorer,
+                                                                                               "backend", ""))))
+            except IntegrityError:
+                continue  # a concurrent start registered it: read it back
         raise RuntimeError("could not register the model version")  # pragma: no cover
 
     # -- validation -------------------------------------------------------------------------------------
     def validate(self, items: Sequence[Item], field: str = "items", need_student: bool = True) -> list[Problem]:
-        """Every problem of a batch (not just the first), so a client can fix them all at once."""
-        problems: list[Problem] = []
-        seen: dict[tuple[str, str], int] = {}
-        for i, it in enumerate(items):
-            loc = ("body", field, i)
-            if it.task_id not in self.tasks:
-                known = ", ".join(self.tasks.ids[:20])
-                problems.append(Problem(loc + ("task_id",), f"unknown task '{it.task_id}' (known: {known})",
-                                        "unknown_task"))
-            elif need_student and self.scorer is not None and it.task_id not in self.scorer.tasks:
-                problems.append(Problem(loc + ("task_id",), f"task '{it.task_id}' is not in the served model",
-                                        "unknown_task"))
-            bad = _text_problem(it.task_id, "task_id")
-            if bad:
-                problems.append(Problem(loc + ("task_id",), bad, "invalid_text"))
-            if not it.text.strip():
-                problems.append(Problem(loc + ("text",), "empty response text", "empty_text"))
-            elif len(it.text) > self.settings.max_text_chars:
-                problems.append(Problem(loc + ("text",), f"text has {len(it.text)} characters; the limit is "
-                                        f"{self.settings.max_text_chars}", "text_too_long"))
-            else:
-                bad = _text_problem(it.text, "text")
-                if bad:
-                    problems.append(Problem(loc + ("text",), bad, "invalid_text"))
-            if it.response_id is not None:
-                bad = _text_problem(it.response_id, "response_id")
-                if bad:
-                    problems.append(Problem(loc + ("response_id",), bad, "invalid_text"))
-                elif not it.response_id.strip():
-                    problems.append(Problem(loc + ("response_id",), "empty response_id", "empty_text"))
-                key = (it.task_id, it.response_id)
-                if key in seen:
-                    problems.append(Problem(loc + ("response_id",), f"duplicate of item {seen[key]} in this "
-                                            "batch", "duplicate"))
-                seen.setdefault(key, i)
-        return problems
+        """Every problem of a batch (see :func:`rubricate.serve.validation.validate_items`)."""
+        student = self.scorer.tasks if need_student and self.scorer is not None else None
+        return validate_items(items, self.tasks, self.settings.max_text_chars, field=field, student_tasks=student)
 
-    # -- storage helpers ----------------------------------------------------------------------------------
     @staticmethod
-    def _find_responses(s: Session, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], db.Response]:
-        by_task: dict[str, list[str]] = {}
-        for t, r in keys:
-            by_task.setdefault(t, []).append(r)
-        out: dict[tuple[str, str], db.Response] = {}
-        for t, rids in by_task.items():
-            for i in range(0, len(rids), 500):
-                rows = s.scalars(select(db.Response).where(db.Response.task_id == t,
-                                                           db.Response.response_id.in_(rids[i:i + 500])))
-                out.update({(row.task_id, row.response_id): row for row in rows})
-        return out
+    def keys_for(items: Sequence[Item]) -> list[tuple[str, str]]:
+        """``(task_id, response_id)`` per item; a missing response id is generated."""
+        return [(it.task_id, it.response_id if it.response_id is not None else uuid.uuid4().hex) for it in items]
 
-    def _check_conflicts(self, s: Session, items: Sequence[Item], keys: list[tuple[str, str]], field: str
-                         ) -> dict[tuple[str, str], db.Response]:
-        existing = self._find_responses(s, keys)
-        problems = []
-        for i, (it, key) in enumerate(zip(items, keys)):
-            row = existing.get(key)
-            if row is not None and row.text_sha256 != db.text_digest(it.text):
-                problems.append(Problem(("body", field, i, "response_id"),
-                                        f"response '{key[1]}' of task '{key[0]}' is already stored with a "
-                                        "different text", "conflict"))
+    def find_conflicts(self, items: Sequence[Item], keys: list[tuple[str, str]], field: str = "items"
+                       ) -> list[Problem]:
+        """Items whose key is already stored with a different text (a 409, never an overwrite)."""
+        with self.db.read() as s:
+            return _conflicts(items, keys, find_responses(s, keys), field)
+
+    def _existing(self, s: Session, items: Sequence[Item], keys: list[tuple[str, str]], field: str
+                  ) -> dict[tuple[str, str], db.Response]:
+        existing = find_responses(s, keys)
+        problems = _conflicts(items, keys, existing, field)
         if problems:
             raise Conflict(problems)
         return existing
@@ -240,14 +201,15 @@ class ScoringService:
     def score(self, items: Sequence[Item], field: str = "items") -> list[dict[str, Any]]:
         """Validate, score with the student, store, queue for review; one result per item, in order.
 
-        Raises :class:`ValidationFailed` (nothing written) or :class:`Conflict` (nothing written).
+        Raises :class:`ValidationFailed` or :class:`Conflict` (nothing written), or
+        :class:`~rubricate.serve.db.DatabaseUnavailable` when the rows could not be stored durably.
         """
         if self.scorer is None:
             raise RuntimeError("no student model is loaded; start the server with --model")
         problems = self.validate(items, field)
         if problems:
             raise ValidationFailed(problems)
-        keys = [(it.task_id, it.response_id if it.response_id is not None else uuid.uuid4().hex) for it in items]
+        keys = self.keys_for(items)
         for attempt in range(3):
             try:
                 return self._score_once(items, keys, field)
@@ -256,24 +218,41 @@ class ScoringService:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _score_once(self, items: Sequence[Item], keys: list[tuple[str, str]], field: str) -> list[dict[str, Any]]:
+    def _predict_missing(self, items: Sequence[Item], keys: list[tuple[str, str]], field: str
+                         ) -> tuple[dict[tuple[str, str], db.Response], dict[int, db.Prediction], dict[int, Any]]:
+        """Stored responses, their stored predictions, and new predictions for the items that lack one."""
         assert self.scorer is not None
         mpk = self.model_pk()
-        with self.Session() as s:
-            existing = self._check_conflicts(s, items, keys, field)
+        with self.db.read() as s:
+            existing = self._existing(s, items, keys, field)
             resp_pks = [r.id for r in existing.values()]
             stored = {p.response_pk: p for p in s.scalars(select(db.Prediction).where(
                 db.Prediction.model_version_pk == mpk, db.Prediction.response_pk.in_(resp_pks)))} if resp_pks else {}
         todo = [i for i, k in enumerate(keys) if k not in existing or existing[k].id not in stored]
-        preds: dict[int, Any] = {}
-        if todo:
-            with self._score_lock:
-                out = self.scorer.predict([items[i].task_id for i in todo], [items[i].text for i in todo],
-                                          batch_size=self.settings.score_batch_size,
-                                          response_ids=[keys[i][1] for i in todo])
-            preds = dict(zip(todo, out))
+        if not todo:
+            return existing, stored, {}
+        with self._score_lock:
+            out = self.scorer.predict([items[i].task_id for i in todo], [items[i].text for i in todo],
+                                      batch_size=self.settings.score_batch_size,
+                                      response_ids=[keys[i][1] for i in todo])
+        return existing, stored, dict(zip(todo, out))
+
+    def _new_prediction(self, s: Session, resp: db.Response, p: Any) -> db.Prediction:
+        conf = float(_pred_field(p, "confidence"))
+        row = db.Prediction(
+            response_pk=resp.id, model_version_pk=self.model_pk(), scores=_jsonable(_pred_field(p, "scores", {})),
+            probs=_jsonable(_pred_field(p, "probs", {})),
+            score_distribution=_jsonable(_pred_field(p, "score_distribution", {})),
+            confidence=conf, gate_weights=_jsonable(_pred_field(p, "gate_weights", [])),
+            needs_review=conf < self.settings.review_confidence)
+        s.add(row)
+        s.flush()
+        return row
+
+    def _score_once(self, items: Sequence[Item], keys: list[tuple[str, str]], field: str) -> list[dict[str, Any]]:
+        existing, stored, preds = self._predict_missing(items, keys, field)
         results: list[dict[str, Any]] = []
-        with self.Session.begin() as s:
+        with self.db.write() as s:
             for i, (it, key) in enumerate(zip(items, keys)):
                 resp = existing.get(key)
                 if resp is not None:
@@ -283,19 +262,7 @@ class ScoringService:
                                        text_sha256=db.text_digest(it.text))
                     s.add(resp)
                     s.flush()
-                if i in preds:
-                    p = preds[i]
-                    conf = float(_pred_field(p, "confidence"))
-                    row = db.Prediction(
-                        response_pk=resp.id, model_version_pk=mpk, scores=_jsonable(_pred_field(p, "scores", {})),
-                        probs=_jsonable(_pred_field(p, "probs", {})),
-                        score_distribution=_jsonable(_pred_field(p, "score_distribution", {})),
-                        confidence=conf, gate_weights=_jsonable(_pred_field(p, "gate_weights", [])),
-                        needs_review=conf < self.settings.review_confidence)
-                    s.add(row)
-                    s.flush()
-                else:
-                    row = s.merge(stored[resp.id], load=False)
+                row = self._new_prediction(s, resp, preds[i]) if i in preds else s.merge(stored[resp.id], load=False)
                 review_id = None
                 if row.needs_review:
                     review_id = self._enqueue(s, resp, "low_confidence", row.scores,
@@ -325,10 +292,39 @@ class ScoringService:
         problems = self.validate(items, field, need_student=False)
         if problems:
             raise ValidationFailed(problems)
-        keys = [(it.task_id, it.response_id if it.response_id is not None else uuid.uuid4().hex) for it in items]
-        with self.Session() as s:
-            self._check_conflicts(s, items, keys, field)
+        keys = self.keys_for(items)
+        conflicts = self.find_conflicts(items, keys, field)
+        if conflicts:
+            raise Conflict(conflicts)
         return keys
+
+    def _student_for_agents(self, items: Sequence[Item], keys: list[tuple[str, str]]
+                            ) -> dict[tuple[str, str], dict[str, Any]]:
+        if self.scorer is None:
+            return {}
+        idx = [i for i, it in enumerate(items) if it.task_id in self.scorer.tasks]
+        if not idx:
+            return {}
+        outs = self.score([Item(items[i].task_id, items[i].text, keys[i][1]) for i in idx])
+        return {keys[i]: o for i, o in zip(idx, outs)}
+
+    def _agent_groups(self, job_id: str, items: Sequence[Item], keys: list[tuple[str, str]]
+                      ) -> tuple[dict[str, list[int]], int]:
+        """Store every response row (the student may not have), then group the items still to run by task."""
+        with self.db.write() as s:
+            existing = self._existing(s, items, keys, "items")
+            for it, key in zip(items, keys):
+                if key not in existing:
+                    s.add(db.Response(task_id=key[0], response_id=key[1], text=it.text,
+                                      text_sha256=db.text_digest(it.text)))
+        with self.db.read() as s:
+            done_keys = {(r.task_id, r.response_id) for r in s.scalars(
+                select(db.Response).join(db.AgentResultRow).where(db.AgentResultRow.job_id == job_id))}
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            if keys[i] not in done_keys:
+                groups.setdefault(it.task_id, []).append(i)
+        return groups, len(done_keys)
 
     def run_agents(self, job_id: str, items: Sequence[Item], keys: list[tuple[str, str]], mode: str,
                    with_student: bool, progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
@@ -338,27 +334,8 @@ class ScoringService:
         """
         if self.agent_runner is None:
             raise RuntimeError("the LLM path is not configured (set agents_backend)")
-        student: dict[tuple[str, str], dict[str, Any]] = {}
-        if with_student and self.scorer is not None:
-            idx = [i for i, it in enumerate(items) if it.task_id in self.scorer.tasks]
-            if idx:
-                outs = self.score([Item(items[i].task_id, items[i].text, keys[i][1]) for i in idx])
-                student = {keys[i]: o for i, o in zip(idx, outs)}
-        # make sure every response row exists (the student may not have stored it)
-        with self.Session.begin() as s:
-            existing = self._check_conflicts(s, items, keys, "items")
-            for it, key in zip(items, keys):
-                if key not in existing:
-                    s.add(db.Response(task_id=key[0], response_id=key[1], text=it.text,
-                                      text_sha256=db.text_digest(it.text)))
-        with self.Session() as s:
-            done_keys = {(r.task_id, r.response_id) for r in s.scalars(
-                select(db.Response).join(db.AgentResultRow).where(db.AgentResultRow.job_id == job_id))}
-        groups: dict[str, list[int]] = {}
-        for i, it in enumerate(items):
-            if keys[i] not in done_keys:
-                groups.setdefault(it.task_id, []).append(i)
-        n_done = len(done_keys)
+        student = self._student_for_agents(items, keys) if with_student else {}
+        groups, n_done = self._agent_groups(job_id, items, keys)
         for task_id, idx in groups.items():
             task = self.tasks.get(task_id)
             records = [Record(response_id=keys[i][1], task_id=task_id, text=items[i].text) for i in idx]
@@ -369,8 +346,8 @@ class ScoringService:
                             "error": f"{type(e).__name__}: {e}", "mode": mode} for r in records]
             if len(results) != len(records):
                 raise RuntimeError(f"agent runner returned {len(results)} results for {len(records)} responses")
-            with self.Session.begin() as s:
-                resp_rows = self._find_responses(s, [keys[i] for i in idx])
+            with self.db.write() as s:
+                resp_rows = find_responses(s, [keys[i] for i in idx])
                 for i, res in zip(idx, results):
                     self._store_agent_result(s, job_id, resp_rows[keys[i]], _as_dict(res), student.get(keys[i]))
             n_done += len(idx)
@@ -405,7 +382,7 @@ class ScoringService:
                           prediction_id=student.get("prediction_id"), agent_result_id=row.id)
 
     def agent_results_for_job(self, job_id: str) -> list[dict[str, Any]]:
-        with self.Session() as s:
+        with self.db.read() as s:
             rows = s.execute(select(db.AgentResultRow, db.Response).join(db.Response)
                              .where(db.AgentResultRow.job_id == job_id).order_by(db.AgentResultRow.id)).all()
             out = []
@@ -425,12 +402,12 @@ class ScoringService:
     # -- jobs -------------------------------------------------------------------------------------------
     def create_job(self, kind: str, total: int, params: dict[str, Any]) -> str:
         job_id = uuid.uuid4().hex
-        with self.Session.begin() as s:
+        with self.db.write() as s:
             s.add(db.Job(id=job_id, kind=kind, status="queued", total=total, done=0, failed=0, params=params))
         return job_id
 
     def update_job(self, job_id: str, **fields: Any) -> None:
-        with self.Session.begin() as s:
+        with self.db.write() as s:
             job = s.get(db.Job, job_id)
             if job is None:
                 raise NotFound(f"job {job_id}")
@@ -439,109 +416,43 @@ class ScoringService:
             job.updated_at = db.utcnow()
 
     def job(self, job_id: str) -> dict[str, Any]:
-        with self.Session() as s:
+        """A job's status; a batch job also lists its upload's problem rows and, when done, its results URL."""
+        with self.db.read() as s:
             job = s.get(db.Job, job_id)
             if job is None:
                 raise NotFound(f"job '{job_id}' not found")
-            return {"id": job.id, "kind": job.kind, "status": job.status, "total": job.total, "done": job.done,
-                    "failed": job.failed, "error": job.error, "created_at": job.created_at.isoformat(),
-                    "updated_at": job.updated_at.isoformat()}
+            out = {"id": job.id, "kind": job.kind, "status": job.status, "total": job.total, "done": job.done,
+                   "failed": job.failed, "error": job.error, "created_at": job.created_at.isoformat(),
+                   "updated_at": job.updated_at.isoformat(), "status_url": f"/v1/jobs/{job_id}"}
+            if job.kind == "batch":
+                out["problems"] = job.params.get("problems", [])
+                if job.status == "done":
+                    out["results_url"] = f"/v1/jobs/{job_id}/results.csv"
+        if out["kind"] == "agents" and out["status"] == "done":
+            out["results"] = self.agent_results_for_job(job_id)
+        return out
 
     def unfinished_jobs(self) -> list[tuple[str, str, dict[str, Any]]]:
-        with self.Session() as s:
+        with self.db.read() as s:
             return [(j.id, j.kind, j.params) for j in s.scalars(
                 select(db.Job).where(db.Job.status.in_(("queued", "running"))).order_by(db.Job.created_at))]
 
-    # -- reviews ----------------------------------------------------------------------------------------
-    def list_reviews(self, status: str | None = "pending", limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        with self.Session() as s:
-            q = select(db.Review, db.Response).join(db.Response)
-            cq = select(func.count(db.Review.id))
-            if status:
-                q = q.where(db.Review.status == status)
-                cq = cq.where(db.Review.status == status)
-            total = s.scalar(cq) or 0
-            rows = s.execute(q.order_by(db.Review.id).limit(limit).offset(offset)).all()
-            items = []
-            for rv, resp in rows:
-                evidence = None
-                if rv.agent_result_id is not None:
-                    ar = s.get(db.AgentResultRow, rv.agent_result_id)
-                    evidence = ar.components if ar is not None else None
-                items.append({
-                    "id": rv.id, "task_id": resp.task_id, "response_id": resp.response_id, "text": resp.text,
-                    "reason": rv.reason, "status": rv.status, "proposed_scores": rv.proposed_scores,
-                    "final_scores": rv.final_scores, "details": rv.details, "evidence": evidence,
-                    "created_at": rv.created_at.isoformat(),
-                    "decisions": [{"action": d.action, "scores": d.scores, "rater_id": d.rater_id,
-                                   "comment": d.comment, "created_at": d.created_at.isoformat()}
-                                  for d in rv.decisions],
-                })
-            return {"total": total, "items": items}
-
-    def decide(self, review_id: int, action: str, rater_id: str, comment: str = "",
-               scores: dict[str, int] | None = None, source: str = "student") -> dict[str, Any]:
-        """Accept the proposed scores (``source`` student or agents) or override them; returns the review.
-
-        Override values are merged over the proposed scores and checked against the task's rubric.
-        """
-        with self.Session.begin() as s:
-            rv = s.get(db.Review, review_id)
-            if rv is None:
-                raise NotFound(f"review {review_id} not found")
-            resp = s.get(db.Response, rv.response_pk)
-            task = self.tasks.get(resp.task_id)
-            if action == "accept":
-                if source == "agents":
-                    final = dict(rv.details.get("agent_scores") or {})
-                    if not final:
-                        raise ValidationFailed([Problem(("body", "source"), "this review has no agent scores",
-                                                        "no_agent_scores")])
-                    final = {**rv.proposed_scores, **final}
-                else:
-                    final = dict(rv.proposed_scores)
-            elif action == "override":
-                if not scores:
-                    raise ValidationFailed([Problem(("body", "scores"), "an override needs scores", "missing")])
-                final = {**rv.proposed_scores, **scores}
-            else:
-                raise ValidationFailed([Problem(("body", "action"), f"unknown action '{action}'", "enum")])
-            bad = task.check_labels({k: v for k, v in final.items()})
-            if bad:
-                raise ValidationFailed([Problem(("body", "scores"), "; ".join(bad), "invalid_scores")])
-            s.add(db.ReviewDecision(review_id=rv.id, action=action, scores=final, rater_id=rater_id,
-                                    comment=comment))
-            rv.status = "accepted" if action == "accept" else "overridden"
-            rv.final_scores = final
-            rv.decided_at = db.utcnow()
-            return {"id": rv.id, "status": rv.status, "final_scores": final, "task_id": resp.task_id,
-                    "response_id": resp.response_id}
-
-    def decided_records(self) -> list[Record]:
-        """Human decisions as labeled records (latest decision per response wins)."""
-        with self.Session() as s:
-            rows = s.execute(select(db.ReviewDecision, db.Review, db.Response)
-                             .join(db.Review, db.ReviewDecision.review_id == db.Review.id)
-                             .join(db.Response, db.Review.response_pk == db.Response.id)
-                             .order_by(db.ReviewDecision.created_at, db.ReviewDecision.id)).all()
-            latest: dict[tuple[str, str], Record] = {}
-            for dec, rv, resp in rows:
-                latest[(resp.task_id, resp.response_id)] = Record(
-                    response_id=resp.response_id, task_id=resp.task_id, text=resp.text,
-                    labels={k: int(v) for k, v in dec.scores.items()},
-                    metadata={"source": "human-review", "review_id": rv.id, "reason": rv.reason,
-                              "action": dec.action, "rater_id": dec.rater_id, "comment": dec.comment,
-                              "decided_at": dec.created_at.isoformat()})
-            return list(latest.values())
-
-
-def export_reviews(database_url: str, out: str | Path) -> tuple[Path, int]:
-    """Write every human review decision as labeled records (``Record`` JSONL, the loader format)."""
-    engine = db.make_engine(database_url)
-    try:
-        svc = ScoringService(ServeSettings(database_url=database_url), db.make_sessionmaker(engine))
-        records = svc.decided_records()
-        return write_records(records, out), len(records)
-    finally:
-        engine.dispose()
-
+    def batch_results_csv(self, job_id: str) -> str:
+        """The scored rows of a batch job as CSV (latest prediction per response), in upload order."""
+        with self.db.read() as s:
+            job = s.get(db.Job, job_id)
+            if job is None or job.kind != "batch":
+                raise NotFound(f"batch job '{job_id}' not found")
+            keys = [(d["task_id"], d["response_id"]) for d in job.params["items"]]
+            rows = find_responses(s, keys)
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(BATCH_RESULT_COLUMNS)
+            for k in keys:
+                resp = rows.get(k)
+                pred = None if resp is None else s.scalar(
+                    select(db.Prediction).where(db.Prediction.response_pk == resp.id).order_by(db.Prediction.id.desc()))
+                if pred is not None:
+                    w.writerow([k[0], k[1], json.dumps(pred.scores), f"{pred.confidence:.4f}", pred.needs_review,
+                                pred.model.model_version])
+        return buf.getvalue()

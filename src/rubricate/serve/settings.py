@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from rubricate.errors import InputError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+REVIEW_CONFIDENCE = 0.6
+"""Default review threshold: a student result with confidence below this needs a human (server and predict)."""
 
 
 class ServeSettings(BaseModel):
@@ -39,7 +41,9 @@ class ServeSettings(BaseModel):
     max_text_chars: int = Field(20_000, gt=0, description="Longer response texts are a 422 naming the item.")
     max_upload_rows: int = Field(50_000, gt=0, description="Rows in one CSV uploaded through the web page.")
     score_batch_size: int = Field(32, gt=0, description="Batch size handed to the student's predict().")
-    review_confidence: float = Field(0.6, ge=0.0, le=1.0,
+    min_token_length: int = Field(16, ge=1, description="Shorter API tokens are refused at start-up (a guessable "
+                                                         "token is no protection).")
+    review_confidence: float = Field(REVIEW_CONFIDENCE, ge=0.0, le=1.0,
                                      description="A student result with confidence below this enters the "
                                                  "review queue (confidence as defined by the Scorer).")
     disagreement_threshold: int = Field(1, ge=1, description="|student - agents| on any scale at or above "
@@ -54,9 +58,25 @@ class ServeSettings(BaseModel):
     @field_validator("tokens", mode="before")
     @classmethod
     def _split_tokens(cls, v: Any) -> Any:
+        """A comma-separated string (the environment) becomes a list; every entry is stripped below."""
         if isinstance(v, str):
-            return [t.strip() for t in v.split(",") if t.strip()]
+            return [t for t in v.split(",") if t.strip()]
         return v
+
+    @model_validator(mode="after")
+    def _check_tokens(self) -> "ServeSettings":
+        """The same rules for tokens from any source: stripped, none empty, none shorter than the minimum."""
+        cleaned = []
+        for i, t in enumerate(self.tokens):
+            t = t.strip()
+            if not t:
+                raise ValueError(f"token {i + 1} is empty or whitespace")
+            if len(t) < self.min_token_length:
+                raise ValueError(f"token {i + 1} has {len(t)} characters; at least {self.min_token_length} are "
+                                 "required (min_token_length)")
+            cleaned.append(t)
+        self.tokens = cleaned
+        return self
 
     @property
     def local_only(self) -> bool:
@@ -65,8 +85,8 @@ class ServeSettings(BaseModel):
     def check_binding(self) -> None:
         """Refuse to listen beyond loopback without tokens: no auth must never mean open to the network."""
         if self.local_only and self.host not in LOOPBACK_HOSTS:
-            raise InputError(f"host {self.host!r} needs API tokens (set RUBRICATE_API_TOKENS or 'tokens' in the "
-                             "config); without tokens the server only binds to 127.0.0.1", column="host")
+            raise InputError(f"refusing to listen on {self.host!r} without API tokens: set RUBRICATE_API_TOKENS or "
+                             "'tokens' in the config, or bind to 127.0.0.1 (--host)")
 
 
 _ENV = {
@@ -104,5 +124,5 @@ def load_settings(config: str | Path | None = None, env: dict[str, str] | None =
         return ServeSettings.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise InputError(first["msg"], file=config, column=field) from None
+        field = ".".join(str(p) for p in first["loc"]) or None
+        raise InputError(first["msg"].removeprefix("Value error, "), file=config, column=field) from None

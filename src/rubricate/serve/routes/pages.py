@@ -1,0 +1,81 @@
+"""The web page: score an answer, batch upload, review queue, sign-in (server-rendered templates).
+
+Task questions and rubric texts are Markdown (tables included), rendered here with raw HTML disabled,
+so an author's ``<script>`` shows as text while a table shows as a table.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
+
+from rubricate import __version__
+from rubricate.serve.http import COOKIE, ServerContext, context, token_ok
+from rubricate.serve.reviews import REVIEW_FILTERS
+
+router = APIRouter(include_in_schema=False)
+REVIEW_PAGE_SIZE = 100  #: review cards shown on one page
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+def render_markdown(text: str | None) -> Markup:
+    """Markdown to HTML with raw HTML escaped (safe to insert into the page)."""
+    return Markup(_markdown().render(text or ""))
+
+
+def _page(request: Request, ctx: ServerContext, name: str, **values: Any) -> Response:
+    if not ctx.settings.local_only and not token_ok(ctx.settings, request.cookies.get(COOKIE)):
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+    return ctx.templates.TemplateResponse(request, name, {"settings": ctx.settings, "service": ctx.service,
+                                                          "version": __version__, "markdown": render_markdown,
+                                                          **values})
+
+
+@router.get("/", response_class=HTMLResponse)
+def page_score(request: Request, ctx: ServerContext = Depends(context)) -> Response:
+    tasks = [{**t, "question_html": str(render_markdown(t.get("question"))),
+              "context_html": str(render_markdown(t.get("context"))) if t.get("context") else ""}
+             for t in ctx.service.task_list()]
+    return _page(request, ctx, "score.html", tasks=tasks, active="score")
+
+
+@router.get("/batch", response_class=HTMLResponse)
+def page_batch(request: Request, ctx: ServerContext = Depends(context)) -> Response:
+    return _page(request, ctx, "batch.html", tasks=list(ctx.service.tasks), active="batch")
+
+
+@router.get("/reviews", response_class=HTMLResponse)
+def page_reviews(request: Request, status: str = "pending", ctx: ServerContext = Depends(context)) -> Response:
+    status = status if status in REVIEW_FILTERS else "pending"
+    data = ctx.reviews.list_reviews(None if status == "all" else status, REVIEW_PAGE_SIZE, 0)
+    tasks = {t.id: t for t in ctx.service.tasks}
+    return _page(request, ctx, "reviews.html", reviews=data, tasks=tasks, status=status, active="reviews")
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/", ctx: ServerContext = Depends(context)) -> Response:
+    return ctx.templates.TemplateResponse(request, "login.html", {"next": next, "error": None,
+                                                                  "version": __version__, "active": ""})
+
+
+@router.post("/login")
+def login(request: Request, token: str = Form(...), next: str = Form("/"), ctx: ServerContext = Depends(context)
+          ) -> Response:
+    if not token_ok(ctx.settings, token):
+        return ctx.templates.TemplateResponse(request, "login.html", {"next": next, "error": "Invalid token.",
+                                                                      "version": __version__, "active": ""},
+                                              status_code=401)
+    target = next if next.startswith("/") and not next.startswith("//") else "/"
+    resp = RedirectResponse(target, status_code=303)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+    return resp
