@@ -231,10 +231,15 @@ class ScoringService:
         todo = [i for i, k in enumerate(keys) if k not in existing or existing[k].id not in stored]
         if not todo:
             return existing, stored, {}
+        from rubricate.batch import InputRow, score_rows  # the one scoring function (predict uses it too)
+
+        rows = [InputRow(line=i + 1, task_id=items[i].task_id, text=items[i].text, response_id=keys[i][1])
+                for i in todo]
         with self._score_lock:
-            out = self.scorer.predict([items[i].task_id for i in todo], [items[i].text for i in todo],
-                                      batch_size=self.settings.score_batch_size,
-                                      response_ids=[keys[i][1] for i in todo])
+            out, bad = score_rows(self.scorer, rows, batch_size=self.settings.score_batch_size,
+                                  review_confidence=self.settings.review_confidence)
+        if bad:  # validate() applies the same rules first; a difference is a bug, never a silent skip
+            raise ValidationFailed([Problem(("body", field, r.line - 1, f), m, "invalid") for r, f, m in bad])
         return existing, stored, dict(zip(todo, out))
 
     def _new_prediction(self, s: Session, resp: db.Response, p: Any) -> db.Prediction:
@@ -244,7 +249,7 @@ class ScoringService:
             probs=_jsonable(_pred_field(p, "probs", {})),
             score_distribution=_jsonable(_pred_field(p, "score_distribution", {})),
             confidence=conf, gate_weights=_jsonable(_pred_field(p, "gate_weights", [])),
-            needs_review=conf < self.settings.review_confidence)
+            needs_review=bool(_pred_field(p, "needs_review")))
         s.add(row)
         s.flush()
         return row
