@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rubricate.errors import InputError
-from rubricate.serve.predict import READERS, PredictOptions, predict_file, sidecar_paths
+from rubricate.batch import READERS, PredictOptions, predict_file, sidecar_paths
 from serve_fakes import FakeScorer, make_tiny_checkpoint
 
 
