@@ -1,7 +1,7 @@
 """Component reliability: extracted components against a human-annotated components file.
 
 The paper's validation study asks whether the extraction agent finds the same evidence a trained
-annotator does. Gold file: CSV (or TSV) with ``response_id``, optionally ``task_id``, and one column
+annotator does. Gold file: CSV, TSV or Parquet (read by :mod:`rubricate.data.tables`) with ``response_id``, optionally ``task_id``, and one column
 per component id. Cell values by component type:
 
 * boolean: ``1/0``, ``true/false``, ``yes/no`` (case-insensitive);
@@ -19,7 +19,6 @@ component's metrics); a response missing from the predictions, or a failed predi
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from rubricate.agents.cache import read_latest
 from rubricate.agents.pipeline import normalize_text
 from rubricate.agents.schemas import agent_components
+from rubricate.data.tables import require_columns, strict_rows
 from rubricate.errors import InputError
 from rubricate.metrics import kappa
 from rubricate.tasks import Component, Task
@@ -66,26 +66,22 @@ def read_gold_components(path: str | Path, task: Task) -> dict[str, dict[str, An
     """response_id -> {component id: gold value}; errors name the file, line and column."""
     path = Path(path)
     comps = {c.id: c for c in agent_components(task)}
-    delim = "\t" if path.suffix in (".tsv", ".tab") else ","
+    cols, rows = strict_rows(path, tolerate=("too_few_fields",))
+    require_columns(path, cols or [], ["response_id"])
+    present = [c for c in comps if c in (cols or [])]
+    if not present:
+        raise InputError(f"no component column; task '{task.id}' has components {list(comps)}", file=path, line=1)
     out: dict[str, dict[str, Any]] = {}
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delim)
-        cols = reader.fieldnames or []
-        if "response_id" not in cols:
-            raise InputError(f"missing column (columns: {cols})", file=path, line=1, column="response_id")
-        present = [c for c in comps if c in cols]
-        if not present:
-            raise InputError(f"no component column; task '{task.id}' has components {list(comps)}", file=path, line=1)
-        for row in reader:
-            line = reader.line_num
-            if "task_id" in cols and (row.get("task_id") or "").strip() not in ("", task.id):
-                continue
-            rid = (row.get("response_id") or "").strip()
-            if not rid:
-                raise InputError("empty response id", file=path, line=line, column="response_id")
-            if rid in out:
-                raise InputError(f"duplicate response id '{rid}'", file=path, line=line, column="response_id")
-            out[rid] = {c: _gold_value(comps[c], row[c], path, line) for c in present if (row.get(c) or "").strip()}
+    for line, row in rows:
+        cell = {c: "" if row.get(c) is None else str(row[c]).strip() for c in ("task_id", "response_id", *present)}
+        if "task_id" in (cols or []) and cell["task_id"] not in ("", task.id):
+            continue
+        rid = cell["response_id"]
+        if not rid:
+            raise InputError("empty response id", file=path, line=line, column="response_id")
+        if rid in out:
+            raise InputError(f"duplicate response id '{rid}'", file=path, line=line, column="response_id")
+        out[rid] = {c: _gold_value(comps[c], cell[c], path, line) for c in present if cell[c]}
     return out
 
 

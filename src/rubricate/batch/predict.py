@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from rubricate.batch import outputs as o
-from rubricate.data.tables import FORMATS, Position, Row, Table, detect_format, open_table
+from rubricate.data.tables import FORMATS, Position, Row, Table, detect_format, open_table, require_columns
 from rubricate.data.text import text_problem
 from rubricate.errors import InputError
 
@@ -108,13 +108,9 @@ def input_row(row: Row, opt: PredictOptions, id_prefix: str = "line") -> InputRo
 
 def check_columns(path: Path, header: Sequence[str] | None, opt: PredictOptions) -> None:
     """The required columns of a table with a header (JSONL rows are checked one by one instead)."""
-    if header is None:
-        return
-    need = [opt.text_column] + ([] if opt.task else [opt.task_column])
-    missing = [c for c in need if c not in header]
-    if missing:
-        raise InputError(f"missing column(s) {missing} (columns: {list(header)}; use --text-column/--task-column "
-                         "or --task)", file=path, line=1, column=missing[0])
+    if header is not None:
+        require_columns(path, header, [opt.text_column] + ([] if opt.task else [opt.task_column]),
+                        hint="; use --text-column/--task-column or --task")
 
 
 def _open_input(path: Path, fmt: str | None, state: dict[str, Any], opt: PredictOptions) -> Table:

@@ -35,33 +35,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 from rubricate.data.records import Record
-from rubricate.data.tables import ProblemKind, detect_format, open_table
+from rubricate.data.tables import detect_format, require_columns, strict_rows
 from rubricate.data.text import text_problem
 from rubricate.errors import InputError
 from rubricate.tasks import TaskRegistry
 
 TableFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "records"]
-
-
-# --- rows from the one table reader (rubricate.data.tables) ---------------------------------------------------
-def _strict_rows(path: Path, format: str, *, encoding: str = "utf-8", sep: str | None = None, quote: bool = True,
-                 tolerate: Sequence[ProblemKind] = ("too_few_fields",)
-                 ) -> tuple[list[str] | None, Iterator[tuple[int, dict[str, Any]]]]:
-    """(header, rows) where a row problem is raised as an InputError, except the kinds in ``tolerate``.
-
-    A row with too few fields is padded with empty cells ("not scored"), as a spreadsheet export that drops
-    trailing empty cells would need. The header is read (and its problems raised) before this returns.
-    """
-    table = open_table(path, format, encoding=encoding, sep=sep, quote=quote)
-
-    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
-        with table:
-            for row in table.rows():
-                if row.problem is not None and row.problem.kind not in tolerate:
-                    raise row.error(path)
-                yield row.line, row.values
-
-    return table.columns, rows()
+#: Row problems the loaders accept: a row with too few fields is padded with empty cells ("not scored"), as a
+#: spreadsheet export that drops trailing empty cells needs. Every other row problem is an InputError.
+_LENIENT = ("too_few_fields",)
 
 
 # --- value checks -----------------------------------------------------------------------------------------
@@ -178,17 +160,6 @@ class _Builder:
         return rec
 
 
-def _require_columns(path: Path, header: Sequence[str] | None, row: Mapping[str, Any], needed: Iterable[str],
-                     line: int) -> None:
-    """Missing columns: at the header (line 1) for tables, at the row for JSONL (no header there)."""
-    cols = set(header) if header is not None else set(row)
-    for col in needed:
-        if col not in cols:
-            available = ", ".join(list(header if header is not None else row)[:30])
-            raise InputError(f"missing column (available: {available})", file=path,
-                             line=1 if header is not None else line, column=col)
-
-
 # --- generic tables -------------------------------------------------------------------------------------------
 def load_table(
     path: str | Path,
@@ -222,9 +193,9 @@ def load_table(
     group_columns = list(group_columns or [])
 
     if fmt == "records":
-        header, rows = _strict_rows(path, "jsonl", encoding=encoding)
+        header, rows = strict_rows(path, "jsonl", encoding=encoding)
     else:
-        header, rows = _strict_rows(path, fmt, encoding=encoding, sep=sep)
+        header, rows = strict_rows(path, fmt, encoding=encoding, sep=sep, tolerate=_LENIENT)
     if fmt == "jsonl" and not label_columns:
         first = next(rows, None)  # rows carrying a ``labels`` object are native records
         if first is not None and isinstance(first[1].get("labels"), dict):
@@ -238,12 +209,12 @@ def load_table(
     needed = [id_column, text_column] + ([task_column] if task_id is None else []) + group_columns
     explicit_labels = dict(label_columns) if label_columns else None  # None: columns named like label keys
     if header is not None:
-        _require_columns(path, header, {}, needed + list((explicit_labels or {}).values())
+        require_columns(path, header, needed + list((explicit_labels or {}).values())
                          + list((rater2_columns or {}).values()), 1)
 
     for line, row in rows:
         if header is None:
-            _require_columns(path, None, row, needed + list((explicit_labels or {}).values()), line)
+            require_columns(path, list(row), needed + list((explicit_labels or {}).values()), line)
         tid = task_id if task_id is not None else _id_str(row.get(task_column, ""))
         mapping = explicit_labels
         if mapping is None:
@@ -264,7 +235,7 @@ def _build_native(path: Path, rows: Iterable[tuple[int, dict[str, Any]]], regist
     """Native records JSONL (``{response_id, task_id, text, labels, rater2, metadata}``), strictly checked."""
     builder = _Builder(path, registry, "task_id")
     for line, row in rows:
-        _require_columns(path, None, row, ["response_id", "task_id", "text"], line)
+        require_columns(path, list(row), ["response_id", "task_id", "text"], line)
         values: dict[str, dict[str, int]] = {}
         for field in ("labels", "rater2"):
             raw = row.get(field) or {}
@@ -318,8 +289,8 @@ def load_asap_sas(
     """
     path = Path(path)
     chosen = _check_sets(sets, ASAP_SAS_SETS, "ASAP-SAS")
-    header, rows = _strict_rows(path, "tsv", encoding="ascii")
-    _require_columns(path, header, {}, _SAS_COLUMNS, 1)
+    header, rows = strict_rows(path, "tsv", encoding="ascii", tolerate=_LENIENT)
+    require_columns(path, header, _SAS_COLUMNS, 1)
     builder = _Builder(path, registry, "EssaySet")
     for line, row in rows:
         try:
@@ -407,8 +378,8 @@ def load_asap_aes(
     chosen = _check_sets(sets, ASAP_AES_SETS, "ASAP-AES")
     # one record per physical line, never csv quoting: essay 10534 opens a quote it never closes; cp1252 leaves
     # 0x81/0x8D/0x8F/0x90/0x9D undefined (the file has 78 x 0x9D from old mojibake): they become U+FFFD
-    header, rows = _strict_rows(path, "tsv", encoding=encoding, quote=False, tolerate=("encoding",))
-    _require_columns(path, header, {}, _AES_COLUMNS[:10], 1)
+    header, rows = strict_rows(path, "tsv", encoding=encoding, quote=False, tolerate=("encoding",))
+    require_columns(path, header, _AES_COLUMNS[:10], 1)
     builder = _Builder(path, registry, "essay_set")
     for line, row in rows:
         try:
@@ -481,8 +452,8 @@ def load_asap_pp(
         raise InputError("ASAP-AES file needed for the essay texts was not found (pass aes_tsv=)", file=aes_tsv)
     chosen = _check_sets(sets, ASAP_PP_SETS, "ASAP++")
     texts = {r.response_id: r for r in load_asap_aes(aes_tsv, sets=chosen)}
-    header, rows = _strict_rows(pp_csv, "csv")
-    _require_columns(pp_csv, header, {}, ["essay_id", "essay_set", "score"], 1)
+    header, rows = strict_rows(pp_csv, "csv", tolerate=_LENIENT)
+    require_columns(pp_csv, header, ["essay_id", "essay_set", "score"], 1)
     builder = _Builder(pp_csv, registry, "essay_set")
     for line, row in rows:
         try:
@@ -494,7 +465,7 @@ def load_asap_pp(
         if essay_set not in chosen:
             continue
         traits = ASAP_PP_TRAITS[essay_set]
-        _require_columns(pp_csv, header, {}, traits, 1)
+        require_columns(pp_csv, header, traits, 1)
         mapping = {"score": "score", **{t: t for t in traits}}
         labels = builder.labels(row, mapping, line)
         eid = _id_str(row["essay_id"])

@@ -365,10 +365,36 @@ def open_table(path: str | Path, format: str | None = None, *, encoding: str = "
                  batch_rows=batch_rows)
 
 
+def strict_rows(path: str | Path, format: str | None = None, *, tolerate: Sequence[ProblemKind] = (),
+                **options: Any) -> tuple[list[str] | None, Iterator[tuple[int, dict[str, Any]]]]:
+    """``(header, rows)`` for strict readers: each row as ``(line, values)``, the first row problem raised as an
+    :class:`InputError` - except the kinds in ``tolerate`` (e.g. ``too_few_fields``: the row comes padded with
+    empty cells). The file is opened, and its header checked, before this returns; ``options`` go to
+    :func:`open_table`."""
+    table = open_table(path, format, **options)
+
+    def rows() -> Iterator[tuple[int, dict[str, Any]]]:
+        with table:
+            for row in table.rows():
+                if row.problem is not None and row.problem.kind not in tolerate:
+                    raise row.error(path)
+                yield row.line, row.values
+
+    return table.columns, rows()
+
+
 def read_rows(path: str | Path, format: str | None = None, **options: Any) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, values)`` of every row, raising the first row problem as an :class:`InputError` (strict readers)."""
-    with open_table(path, format, **options) as table:
-        for row in table.rows():
-            if row.problem is not None:
-                raise row.error(path)
-            yield row.line, row.values
+    """``(line, values)`` of every row, the first row problem raised as an :class:`InputError`."""
+    return strict_rows(path, format, **options)[1]
+
+
+def require_columns(path: str | Path, columns: Sequence[str], needed: Sequence[str], line: int = 1,
+                    hint: str = "") -> None:
+    """A ``needed`` column missing from ``columns`` (a header, or a JSONL row's keys) is an InputError at
+    ``line`` naming the file, the first missing column, all the missing ones and what is available."""
+    have = list(columns)
+    missing = [c for c in needed if c not in have]
+    if missing:
+        what = "missing column" if len(missing) == 1 else f"missing columns {missing}"
+        raise InputError(f"{what} (available: {', '.join(map(str, have[:30]))}){hint}", file=path, line=line,
+                         column=missing[0])
