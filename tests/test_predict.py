@@ -229,3 +229,53 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path: Path
     assert ids == sorted(ids, key=lambda x: int(x[2:]))  # input order kept across the restart
     assert [json.loads(x)["line"] for x in errs.read_text().splitlines()] == [778]
     assert "1 row(s) with problems" in res.stderr
+
+
+# --- as strict as the server (issue 16 item 9) ----------------------------------------------------------------
+def test_jsonl_non_string_nul_and_invisible_text_are_problem_rows(tmp_path: Path) -> None:
+    rows = [{"task_id": "sci-1", "text": "a fine answer", "response_id": "ok1"},
+            {"task_id": "sci-1", "text": 5, "response_id": "num"},
+            {"task_id": "sci-1", "text": "nul\x00inside", "response_id": "nul"},
+            {"task_id": "sci-1", "text": "\u200b\ufeff\u2060", "response_id": "invisible"},
+            {"task_id": "sci-1", "text": "another answer", "response_id": "ok2"}]
+    inp = _write(tmp_path / "in.jsonl", rows)
+    s = predict_file(FakeScorer(), inp, tmp_path / "out.jsonl", PredictOptions(progress=False))
+    assert (s.scored, s.problems) == (2, 3)
+    assert [r["response_id"] for r in _read(tmp_path / "out.jsonl")] == ["ok1", "ok2"]
+    errs = [json.loads(x) for x in Path(s.errors).read_text().splitlines()]
+    assert [(e["line"], e["response_id"], e["field"]) for e in errs] == [(2, "num", "text"), (3, "nul", "text"),
+                                                                        (4, "invisible", "text")]
+    assert "must be a string, got int" in errs[0]["error"] and "NUL" in errs[1]["error"]
+    assert "empty response text" in errs[2]["error"]
+    assert all(e["file"] == str(inp) for e in errs)
+
+
+def test_csv_unterminated_quote_is_a_counted_problem_row_and_the_next_row_is_scored(tmp_path: Path) -> None:
+    inp = tmp_path / "in.csv"
+    inp.write_text('task_id,text,response_id\nsci-1,first,a\nsci-1,"never closed,b\nsci-1,next,c\n'
+                   'sci-1,"stray" quote,d\nsci-1,last,e\n', encoding="utf-8")
+    s = predict_file(FakeScorer(), inp, tmp_path / "out.csv", PredictOptions(progress=False))
+    assert [r["response_id"] for r in _read(tmp_path / "out.csv")] == ["a", "c", "e"]
+    errs = [json.loads(x) for x in Path(s.errors).read_text().splitlines()]
+    assert [(e["line"], e["response_id"]) for e in errs] == [(3, "line-3"), (5, "d")]
+    assert all("quote" in e["error"] for e in errs)
+    assert (s.scored, s.problems) == (3, 2)
+
+
+def test_missing_column_fails_before_any_output_or_progress_file(tmp_path: Path) -> None:
+    for name, body in (("in.csv", "task_id,answer\nsci-1,hello\n"), ("in.parquet", None)):
+        inp = tmp_path / name
+        if body is None:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist([{"task_id": "sci-1", "answer": "hi"}]), str(inp))
+        else:
+            inp.write_text(body, encoding="utf-8")
+        out = tmp_path / f"out-{name}.csv"
+        with pytest.raises(InputError, match="missing column") as e:
+            predict_file(FakeScorer(), inp, out, PredictOptions(progress=False))
+        assert e.value.file == str(inp) and e.value.column == "text" and "text" in str(e.value)
+        assert not out.exists() and not any(p.exists() for p in sidecar_paths(out))
+        assert sorted(p.name for p in tmp_path.iterdir()) == [name], "nothing but the input is left"
+        inp.unlink()
