@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from rubricate.cli import app
 from rubricate.data.records import Record, write_records
 from rubricate.errors import InputError
-from rubricate.metrics import evaluate
-from rubricate.report import read_predictions, write_report
+from rubricate.metrics import evaluate, read_predictions
+from rubricate.report import write_report
 from rubricate.tasks import TaskRegistry
 
 TASKS = {

@@ -5,13 +5,14 @@ reason in the ``notes`` next to them). Markdown and HTML show the same tables, b
 blocks and rendered twice, so the two never disagree:
 
 1. across tasks - mean and Fisher-z mean QWK with bootstrap intervals, human-human beside machine-human,
-   and the degradation;
+   and the degradation; then the operational-readiness table (:mod:`rubricate.metrics.readiness`);
 2. one row per (task, scale) of the score metrics, and one row per task of the UniMoE multi-label four;
 3. per task - machine-human beside human-human per metric, the confusion matrix (PNG, rows human),
    per-label κ / accuracy / F1, and the subgroup breakdown when a group column was given.
 
 The HTML is self-contained (plots embedded as data URIs) so it can be mailed or attached to a PR; the
-Markdown links the PNG files written next to it under ``plots/``.
+Markdown links the PNG files written next to it under ``plots/``. This module only renders: the numbers
+come from :mod:`rubricate.metrics`, predictions files are read by :func:`rubricate.metrics.read_predictions`.
 """
 
 from __future__ import annotations
@@ -24,18 +25,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rubricate.data.jsonl import iter_jsonl
-from rubricate.errors import InputError
 from rubricate.metrics import (
     SCORE_METRICS,
     AggregateQWK,
     Interval,
-    Predicted,
+    Readiness,
     Report,
     ScoreMetrics,
     TaskReport,
 )
-from rubricate.tasks import TaskRegistry
 
 FORMATS = ("json", "md", "html")
 
@@ -296,6 +294,9 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
             caption="UniMoE multi-label metrics, averaged over tasks.",
         )
 
+    if report.readiness is not None and report.readiness.items:
+        _readiness_section(doc, report.readiness, mach)
+
     # ---- per (task, scale) ----
     doc.h(2, "Scores per task")
     rows = []
@@ -353,6 +354,38 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
     for t in report.tasks:
         _task_section(doc, t, mach, plot_dir, rel_root)
     return doc
+
+
+def _pass(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("pass" if ok else "fail")
+
+
+def _readiness_section(doc: _Doc, r: Readiness, mach: str) -> None:
+    """Per item: QWK, its drop from human–human and SMD against the thresholds, and the overall verdict."""
+    doc.h(2, "Operational readiness")
+    doc.p(f"{r.n_pass} of {len(r.items)} items pass all three.")
+    rows = [
+        [
+            it.task_id if it.scale_id == "score" else f"{it.task_id} / {it.scale_id}",
+            str(it.n),
+            _f(it.qwk),
+            _pass(it.qwk_pass),
+            "n/a" if it.qwk_drop is None else _f(it.qwk_drop),
+            _pass(it.drop_pass),
+            _f(it.smd, 3),
+            _pass(it.smd_pass),
+            _pass(it.passes),
+        ]
+        for it in r.items
+    ]
+    doc.table(
+        ["item", "n", "QWK", f"QWK ≥ {r.min_qwk:g}", "QWK drop from human–human",
+         f"drop ≤ {r.max_qwk_drop:g}", "SMD", f"|SMD| ≤ {r.max_abs_smd:g}", "all"],
+        rows,
+        caption=f"After Williamson, Xi & Breyer (2012). QWK and SMD: {mach} vs rater 1 on every matched "
+        "response; QWK drop: human–human QWK minus machine–human QWK on the double-scored responses. Items "
+        "without a second rater have no drop (n/a) and are judged on QWK and SMD only; an undefined value fails.",
+    )
 
 
 def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, rel_root: Path | None) -> None:
@@ -437,130 +470,6 @@ def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, re
             [f"{lm.name}: {k}: {v}" for lm in t.labels for k, v in lm.notes.items()]
             + (_notes("", t.multilabel.notes) if t.multilabel else [])
         )
-
-
-# --- predictions files ----------------------------------------------------------------------------------
-def _int_score(v: object, path: Path, line: int, column: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column)
-    try:
-        f = float(v)
-    except ValueError:
-        raise InputError(
-            f"score must be an integer, got {v!r}", file=path, line=line, column=column
-        ) from None
-    if not math.isfinite(f) or f != int(f):
-        raise InputError(f"score must be an integer, got {v!r}", file=path, line=line, column=column)
-    return int(f)
-
-
-def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> list[Predicted]:
-    """Read a predictions file: JSONL rows or a flat CSV/TSV.
-
-    * JSONL (``.jsonl``/``.ndjson``/``.json``): ``{task_id, response_id, scores: {key: int}, probs: {label:
-      p}}`` - what ``rubricate predict`` and the agents write. Agent rows with ``status: "failed"`` (or a
-      ``null`` score) are kept as predictions without scores: they count as missing, never as 0. A row with
-      only ``score`` (no ``scores``) is read as ``{"score": score}``. Other fields are ignored.
-    * CSV/TSV: columns ``task_id, response_id`` plus one integer column per scale or criterion id. With a
-      task registry, only the row's task's label keys are read (other columns such as ``text`` are
-      ignored); without one, every other column is read as a score. An empty cell is a missing score.
-
-    Errors name the file, line and field; a duplicate ``(task_id, response_id)`` is an error.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("predictions file not found", file=path)
-    out: list[Predicted] = []
-    seen: dict[tuple[str, str], int] = {}
-
-    def add(p: Predicted, line: int) -> None:
-        if tasks is not None and p.task_id not in tasks:
-            raise InputError(
-                f"unknown task '{p.task_id}' (known: {tasks.ids[:20]})",
-                file=path,
-                line=line,
-                column="task_id",
-            )
-        if p.key in seen:
-            raise InputError(
-                f"duplicate prediction (also on line {seen[p.key]})",
-                file=path,
-                line=line,
-                column="response_id",
-            )
-        seen[p.key] = line
-        out.append(p)
-
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        for line, d in iter_jsonl(path):
-            for col in ("task_id", "response_id"):
-                if d.get(col) in (None, ""):
-                    raise InputError("missing field", file=path, line=line, column=col)
-            scores_raw = d.get("scores")
-            if scores_raw is None and "score" in d:
-                scores_raw = {"score": d["score"]}
-            if scores_raw is None:
-                scores_raw = {}
-            if not isinstance(scores_raw, dict):
-                raise InputError("'scores' must be an object", file=path, line=line, column="scores")
-            failed = d.get("status") == "failed"
-            scores = (
-                {}
-                if failed
-                else {
-                    str(k): _int_score(v, path, line, f"scores.{k}")
-                    for k, v in scores_raw.items()
-                    if v is not None
-                }
-            )
-            probs_raw = d.get("probs")
-            probs = None
-            if probs_raw:
-                if not isinstance(probs_raw, dict):
-                    raise InputError("'probs' must be an object", file=path, line=line, column="probs")
-                probs = {}
-                for k, v in probs_raw.items():
-                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                        raise InputError(
-                            f"probability must be a number in [0, 1], got {v!r}",
-                            file=path,
-                            line=line,
-                            column=f"probs.{k}",
-                        )
-                    probs[str(k)] = float(v)
-            add(
-                Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line
-            )
-        return out
-    if suffix not in (".csv", ".tsv", ".tab"):
-        raise InputError(f"unknown predictions file type '{suffix}' (use .jsonl or .csv/.tsv)", file=path)
-    import csv
-
-    sep = "," if suffix == ".csv" else "\t"
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=sep)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError("empty file", file=path, line=1) from None
-        for col in ("task_id", "response_id"):
-            if col not in header:
-                raise InputError(f"missing column (columns: {header})", file=path, line=1, column=col)
-        for row in reader:
-            line = reader.line_num
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise InputError(f"{len(row)} fields, the header has {len(header)}", file=path, line=line)
-            d = dict(zip(header, row))
-            tid = d["task_id"].strip()
-            keys = [c for c in header if c not in ("task_id", "response_id")]
-            if tasks is not None and tid in tasks:
-                keys = [c for c in keys if c in tasks.get(tid).label_keys]
-            scores = {c: _int_score(d[c].strip(), path, line, c) for c in keys if d[c].strip() != ""}
-            add(Predicted(tid, d["response_id"].strip(), scores, None, f"{path}:{line}"), line)
-    return out
 
 
 # --- entry point ----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """``rubricate report``: score predictions (or a second human rater) against gold labels.
 
-Thin layer over :func:`rubricate.metrics.evaluate` and :func:`rubricate.report.write_report`; the gold file
-is read with the data loaders (``rubricate.data.loaders``), the predictions with
-:func:`rubricate.report.read_predictions`.
+Thin layer over :func:`rubricate.metrics.workflow.run_report`: the options are the fields of
+:class:`~rubricate.metrics.workflow.ReportRequest` and take their defaults from it; this module only
+prints the summary tables.
 """
 
 from __future__ import annotations
@@ -12,161 +12,100 @@ from pathlib import Path
 
 import typer
 
+from rubricate.metrics.workflow import ReportRequest as R
+
 
 def report(
     gold: Path = typer.Option(..., "--gold", "-g", help="Gold-labelled data file (see --format)."),
     format: str = typer.Option(
-        "records",
-        "--format",
-        "-f",
+        R.format, "--format", "-f",
         help="Gold file format: asap-sas, asap-aes, asap-pp, table (CSV/TSV/JSONL/Parquet "
         "with task_id, response_id, text and one column per label key) or records.",
     ),
     pred: Path | None = typer.Option(
-        None,
-        "--pred",
-        "-p",
+        R.pred, "--pred", "-p",
         help="Predictions: JSONL {task_id, response_id, scores, probs} or CSV "
         "task_id,response_id,<scale id>... Not used with --human-human.",
     ),
-    tasks: Path = typer.Option(Path("tasks"), "--tasks", "-t", help="Task folder (or file)."),
+    tasks: Path = typer.Option(R.tasks, "--tasks", "-t", help="Task folder (or file)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for report.json/.md/.html and plots/."),
     rater2: list[str] = typer.Option(
-        [],
-        "--rater2",
+        list(R.rater2), "--rater2",
         help="--format table only: second-rater column per label key, KEY=COLUMN (repeatable), "
         "e.g. --rater2 score=rater2_score.",
     ),
     split: Path | None = typer.Option(
-        None,
-        "--split",
-        help="Split file (rubricate data split): evaluate only the gold responses of --subset.",
+        R.split, "--split", help="Split file (rubricate data split): evaluate only the gold responses of --subset."
     ),
-    subset: str = typer.Option("test", "--subset", help="Which split of --split to evaluate."),
+    subset: str = typer.Option(R.subset, "--subset", help="Which split of --split to evaluate."),
     group_column: str | None = typer.Option(
-        None, "--group-column", help="Metadata column for a subgroup breakdown (e.g. essay_set)."
+        R.group_column, "--group-column", help="Metadata column for a subgroup breakdown (e.g. essay_set)."
     ),
     human_human: bool = typer.Option(
-        False, "--human-human", help="Report rater 2 vs rater 1 (gold records' rater2) as 'the machine'."
+        R.human_human, "--human-human", help="Report rater 2 vs rater 1 (gold records' rater2) as 'the machine'."
     ),
     allow_missing: bool = typer.Option(
-        False,
-        "--allow-missing",
+        R.allow_missing, "--allow-missing",
         help="Leave out gold without prediction / prediction without gold "
         "(counted in the report notes) instead of failing.",
     ),
-    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap resamples for the CIs (0: no CIs)."),
-    ci: float = typer.Option(0.95, "--ci", min=0.5, max=0.999, help="Confidence level of the intervals."),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    n_boot: int = typer.Option(R.n_boot, "--n-boot", min=0, help="Bootstrap resamples for the CIs (0: no CIs)."),
+    ci: float = typer.Option(R.ci, "--ci", min=0.5, max=0.999, help="Confidence level of the intervals."),
+    seed: int = typer.Option(R.seed, "--seed", help="Base bootstrap seed (rubricate.metrics.bootstrap)."),
     threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Probability threshold for the binary label metrics."
+        R.threshold, "--threshold", min=0.0, max=1.0, help="Probability threshold for the binary label metrics."
     ),
-    tolerance: int = typer.Option(
-        1, "--tolerance", min=0, help="Adjacent agreement: |machine - human| <= this."
-    ),
-    smd_method: str = typer.Option("pooled", "--smd", help="SMD denominator: pooled (RSMTool) or human SD."),
+    tolerance: int = typer.Option(R.tolerance, "--tolerance", min=0, help="Adjacent agreement: |machine - human| <= this."),
+    smd_method: str = typer.Option(R.smd_method, "--smd", help="SMD denominator: pooled (RSMTool) or human SD."),
     constant_prediction: str = typer.Option(
-        "zero", "--constant-prediction", help="κ for a constant prediction: zero (its exact value) or nan."
+        R.constant_prediction, "--constant-prediction",
+        help="κ for a constant prediction: zero (its exact value) or nan.",
     ),
+    min_qwk: float = typer.Option(R.min_qwk, "--min-qwk", help="Operational readiness: QWK must be at least this."),
+    max_qwk_drop: float = typer.Option(
+        R.max_qwk_drop, "--max-qwk-drop",
+        help="Operational readiness: human–human QWK minus machine–human QWK must be at most this.",
+    ),
+    max_abs_smd: float = typer.Option(R.max_abs_smd, "--max-abs-smd", help="Operational readiness: |SMD| at most this."),
     against: Path | None = typer.Option(
-        None,
-        "--against",
+        R.against, "--against",
         help="A second scorer's predictions (same formats as --pred): also write comparison.json with the "
         "QWK differences (--pred minus --against) and their paired bootstrap intervals.",
     ),
-    title: str | None = typer.Option(None, "--title", help="Report title."),
-    formats: str = typer.Option("json,md,html", "--formats", help="Comma-separated: json, md, html."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw confusion-matrix PNGs."),
+    rsmeval_dir: Path | None = typer.Option(
+        R.rsmeval_dir, "--rsmeval-dir",
+        help="Also write, per task and scale, a predictions CSV and a config JSON for RSMTool's rsmeval.",
+    ),
+    title: str | None = typer.Option(R.title, "--title", help="Report title."),
+    formats: str = typer.Option(R.formats, "--formats", help="Comma-separated: json, md, html."),
+    plots: bool = typer.Option(R.plots, "--plots/--no-plots", help="Draw confusion-matrix PNGs."),
 ) -> None:
     """Write a reliability report (JSON + Markdown + HTML with confusion matrices) for predictions vs gold."""
+    options = dict(locals())  # exactly the ReportRequest fields
+    from rubricate.metrics.workflow import RequestError, run_report
+
+    request = R(**{**options, "rater2": tuple(rater2)})
+    try:
+        run = run_report(request)
+    except RequestError as e:
+        raise typer.BadParameter(str(e), param_hint=_option(e.field)) from None
+    _print_summary(run)
+
+
+def _option(field: str) -> str:
+    """The CLI option of a ReportRequest field, from the typer declaration (for the error's hint)."""
+    import inspect
+
+    decls = getattr(inspect.signature(report).parameters[field].default, "param_decls", None) or [field]
+    return decls[0]
+
+
+def _print_summary(run) -> None:  # noqa: ANN001 - a ReportRun
+    """The per-(task, scale) table, the written paths, and the comparison table with --against."""
     from rich.console import Console
     from rich.table import Table
 
-    from rubricate.data.loaders import LOADERS, load_data
-    from rubricate.errors import InputError
-    from rubricate.metrics import evaluate, rater2_as_predictions
-    from rubricate.report import read_predictions, write_report
-    from rubricate.tasks import TaskRegistry
-
-    console = Console(stderr=True)
-    if format not in LOADERS:
-        raise typer.BadParameter(
-            f"unknown format '{format}' (formats: {', '.join(LOADERS)})", param_hint="--format"
-        )
-    if smd_method not in ("pooled", "human"):
-        raise typer.BadParameter("use 'pooled' or 'human'", param_hint="--smd")
-    if constant_prediction not in ("zero", "nan"):
-        raise typer.BadParameter("use 'zero' or 'nan'", param_hint="--constant-prediction")
-    fmt_list = [f.strip() for f in formats.split(",") if f.strip()]
-    if against is not None and (pred is None or n_boot < 1):
-        raise typer.BadParameter("needs --pred FILE (the scorer compared) and --n-boot >= 1",
-                                 param_hint="--against")
-    if human_human == (pred is not None):
-        raise typer.BadParameter(
-            "give either --pred FILE or --human-human (rater 2 as the scorer), not both/neither",
-            param_hint="--pred",
-        )
-    registry = TaskRegistry.from_dir(tasks)
-    options: dict = {"registry": registry}
-    if format == "table" and group_column:
-        options["group_columns"] = [group_column]
-    if rater2:
-        if format != "table":
-            raise typer.BadParameter(
-                "only for --format table (the dataset loaders know their raters)", param_hint="--rater2"
-            )
-        pairs = [r.split("=", 1) for r in rater2]
-        if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
-            raise typer.BadParameter("use KEY=COLUMN, e.g. score=rater2_score", param_hint="--rater2")
-        options["rater2_columns"] = dict(pairs)
-    with console.status(f"reading {gold}"):
-        records = load_data(format, gold, **options)
-    if split is not None:
-        from rubricate.data.splits import SPLITS, apply_split
-
-        if subset not in SPLITS:
-            raise typer.BadParameter(f"use one of {', '.join(SPLITS)}", param_hint="--subset")
-        records = apply_split(records, split)[subset]
-    if not records:
-        raise InputError("no gold records" + (f" in the '{subset}' split" if split else ""), file=gold)
-    if human_human:
-        records, predictions = rater2_as_predictions(records)
-        if not records:
-            raise InputError("no gold record has a second rater (rater2)", file=gold)
-        label, default_title, compare = "rater 2", "Human–human agreement (rater 2 vs rater 1)", False
-    else:
-        predictions = read_predictions(pred, registry)  # type: ignore[arg-type]
-        label, default_title, compare = (pred.stem if pred else "machine"), "Reliability report", True
-    with console.status("computing metrics"):
-        rep = evaluate(
-            records,
-            predictions,
-            registry,
-            threshold=threshold,
-            tolerance=tolerance,
-            smd_method=smd_method,
-            constant_prediction=constant_prediction,  # type: ignore[arg-type]
-            n_boot=n_boot,
-            ci=ci,
-            seed=seed,
-            group_column=group_column,
-            missing="drop" if allow_missing else "error",
-            compare_rater2=compare,
-            title=title or default_title,
-            machine_label=label,
-        )
-    rep.settings.update(
-        gold=str(gold),
-        gold_format=format,
-        predictions=str(pred) if pred else None,
-        human_human=human_human,
-        split=str(split) if split else None,
-        subset=subset if split else None,
-        tasks=str(tasks),
-    )
-    with console.status("writing report"):
-        written = write_report(rep, out, formats=fmt_list, plots=plots)
-
+    rep = run.report
     table = Table(title=rep.title)
     for col in ("task / scale", "n", "QWK", "exact", "SMD"):
         table.add_column(col, justify="right" if col != "task / scale" else "left")
@@ -176,41 +115,30 @@ def report(
 
     for t in rep.tasks:
         for s in t.scales:
-            table.add_row(
-                f"{t.task_id} / {s.scale_id}",
-                str(s.machine.n),
-                fmt(s.machine.qwk),
-                fmt(s.machine.exact),
-                fmt(s.machine.smd),
-            )
+            table.add_row(f"{t.task_id} / {s.scale_id}", str(s.machine.n), fmt(s.machine.qwk), fmt(s.machine.exact),
+                          fmt(s.machine.smd))
     a = rep.across.machine
     table.add_row("mean / Fisher-z", "", f"{fmt(a.mean)} / {fmt(a.fisher_z)}", "", "")
     Console().print(table)
-    for k, p in written.items():
+    console = Console(stderr=True)
+    if rep.readiness is not None and rep.readiness.items:
+        console.print(f"operational readiness: {rep.readiness.n_pass} of {len(rep.readiness.items)} items pass all three")
+    for k, p in run.written.items():
         console.print(f"wrote {k}: {p}")
-    if against is not None:
-        _write_comparison(records, predictions, against, registry, out, n_boot=n_boot, ci=ci, seed=seed,
-                          constant_prediction=constant_prediction, label_a=label)
+    if run.rsmeval_files:
+        console.print(f"wrote rsmeval inputs: {len(run.rsmeval_files) // 2} experiments in {run.rsmeval_files[0].parent}")
+    if run.comparison is not None:
+        _print_comparison(run.comparison)
+        console.print(f"wrote comparison: {run.comparison_path}")
 
 
-def _write_comparison(records: list, predictions: list, against: Path, registry, out: Path, *, n_boot: int,
-                      ci: float, seed: int, constant_prediction: str, label_a: str) -> None:
-    """``--against``: the paired comparison of the two scorers, printed and written to comparison.json."""
-    import json
-
+def _print_comparison(cmp) -> None:  # noqa: ANN001 - a Comparison
+    """``--against``: the paired comparison of the two scorers."""
     from rich.console import Console
     from rich.table import Table
 
-    from rubricate.metrics import compare_systems
-    from rubricate.report import read_predictions
-
-    cmp = compare_systems(records, predictions, read_predictions(against, registry), registry, n_boot=n_boot,
-                          ci=ci, seed=seed, constant_prediction=constant_prediction,  # type: ignore[arg-type]
-                          label_a=label_a, label_b=against.stem)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "comparison.json"
-    path.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
-    table = Table(title=f"QWK: {cmp.label_a} minus {cmp.label_b} (paired bootstrap, {int(ci * 100)}% CI)")
+    level = int(round(next(iter(cmp.ci.values())).level * 100)) if cmp.ci else ""
+    table = Table(title=f"QWK: {cmp.label_a} minus {cmp.label_b} (paired bootstrap, {level}% CI)")
     for col in ("task / scale", "n", cmp.label_a, cmp.label_b, "A − B", "CI", "P(A > B)"):
         table.add_column(col, justify="left" if col == "task / scale" else "right")
     rows = [(f"{e.task_id} / {e.scale_id}", str(e.n), e.qwk_a, e.qwk_b, e.diff, e.ci, e.share_a_better)
@@ -221,7 +149,6 @@ def _write_comparison(records: list, predictions: list, against: Path, registry,
         table.add_row(name, n, f"{a:.4f}", f"{b:.4f}", f"{d:+.4f}", f"[{iv.low:+.4f}, {iv.high:+.4f}]",
                       f"{share:.3f}")
     Console().print(table)
-    Console(stderr=True).print(f"wrote comparison: {path}")
 
 
 def register(app: typer.Typer) -> None:
