@@ -158,3 +158,31 @@ def test_refit_trains_on_train_plus_validation_for_the_chosen_epochs(trained, tm
     sel = json.loads((Path(res.checkpoint_dir) / "selection" / "config.json").read_text())
     final = json.loads((Path(res.checkpoint_dir) / "config.json").read_text())
     assert final["decoder"] == sel["decoder"]  # the cut points chosen on validation are kept
+
+
+def test_cross_fitted_students_never_see_their_rows_and_the_ensemble_scores_the_rest(trained, tmp_path) -> None:
+    from rubricate.data.teacher_file import read_teacher_file
+    from rubricate.student.teachers import cross_fit_students, mix_teachers
+
+    args = replace(trained["args"], method="mtl", decoder={"kind": "threshold"}, output_dir=str(tmp_path / "folds"),
+                   epochs=1, second_rater="ignore")
+    tr, va = trained["tr"], trained["va"]
+    extra = tiny_records("tiny-ord", 10, seed=5, prefix="x")
+    path = cross_fit_students(args, trained["reg"], tr, tmp_path / "t.jsonl", folds=2, val_records=va,
+                              predict_records=va + extra)
+    rows = read_teacher_file(path)
+    assert len(rows) == len(tr) + len(va) + len(extra)
+    folds = {r.extra["fold"] for r in rows.values()}
+    assert folds == {0, 1, "ensemble"}
+    # a fold model did not train on the rows it predicts: its training set excludes exactly its fold
+    fold0 = json.loads((tmp_path / "folds" / "fold0" / "config.json").read_text())["metrics"]["n_train"]
+    n0 = sum(1 for r in rows.values() if r.extra["fold"] == 0)
+    assert fold0 == len(tr) - n0
+    # the ensemble row is the mean of the two fold models
+    s0, s1 = (Scorer.from_pretrained(tmp_path / "folds" / f"fold{k}", backend="torch") for k in (0, 1))
+    r = extra[0]
+    n = len(rows[r.key].label_names)
+    p = [1 / (1 + np.exp(-s.predict_logits([r.task_id], [r.text])[0][0, :n])) for s in (s0, s1)]
+    assert rows[r.key].as_probs() == pytest.approx((p[0] + p[1]) / 2, abs=1e-5)
+    mixed = read_teacher_file(mix_teachers([path, path], [1.0, 3.0], tmp_path / "m.jsonl"))
+    assert mixed[r.key].as_probs() == pytest.approx(rows[r.key].as_probs(), abs=1e-6)

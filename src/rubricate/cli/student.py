@@ -78,6 +78,38 @@ def teach_specialists(
     typer.echo(str(p))
 
 
+@teach_app.command("students")
+def teach_students(
+    recipe: Path = typer.Option(..., "--recipe", "-r", exists=True, dir_okay=False,
+                                help="Recipe of the fold students (method mtl or unimoe; its data + split)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Teacher file to write (JSONL)."),
+    folds: int = typer.Option(3, "--folds", help="K of the cross-fitting (K models, each trained on K-1 folds)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a recipe key: KEY=VALUE."),
+) -> None:
+    """Cross-fitted multi-task students as a teacher: each training row predicted by a model that never saw it."""
+    from rubricate.student.teachers import cross_fit_students
+    from rubricate.student.trainer import TrainingArguments, resolve_inputs_with_test
+
+    overrides = {"output_dir": str(out.with_suffix(".folds")), **_parse_overrides(set_)}
+    args = TrainingArguments.from_yaml(recipe, overrides)
+    registry, parts = resolve_inputs_with_test(args)
+    typer.echo(str(cross_fit_students(args, registry, parts["train"], out, folds=folds,
+                                      val_records=parts["validation"] or None,
+                                      predict_records=parts["validation"] + parts["test"])))
+
+
+@teach_app.command("mix")
+def teach_mix(
+    teachers: list[Path] = typer.Argument(..., exists=True, help="Teacher files to average."),
+    out: Path = typer.Option(..., "--out", "-o"),
+    weights: Optional[list[float]] = typer.Option(None, "--weight", "-w", help="One per file (default: equal)."),
+) -> None:
+    """Weighted mean of several teacher files (e.g. cross-fitted students + TF-IDF), on the rows all cover."""
+    from rubricate.student.teachers import mix_teachers
+
+    typer.echo(str(mix_teachers(teachers, weights or [1.0] * len(teachers), out)))
+
+
 @teach_app.command("import")
 def teach_import(
     src: Path = typer.Argument(..., exists=True, help="Teacher JSONL, or CSV/TSV with task_id, response_id and "

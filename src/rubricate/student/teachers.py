@@ -13,6 +13,12 @@ Three ways to get one:
    Rows of ``predict_records`` (e.g. validation/test) get predictions from a specialist fitted on all
    training rows, so the teacher's own test metrics can be reported next to the student's.
 
+   :func:`cross_fit_students` - the same cross-fitting with **multi-task students of this package's own kind**
+   (one MTL/UniMoE model per fold over all tasks, trained with the student's own recipe): a teacher as strong
+   as the student, where TF-IDF is weaker. ``predict_records`` get the mean of the K fold models'
+   probabilities (their ensemble), which is also the teacher's reported test score.
+   :func:`mix_teachers` averages several teacher files (e.g. students + TF-IDF) with weights.
+
 2. :func:`import_teacher` - outputs produced elsewhere (e.g. a LoRA-tuned large LLM): validate and re-write.
 
 3. :func:`train_llm_teacher` - a causal LM with a classification head and LoRA adapters (peft), for any
@@ -194,6 +200,92 @@ def cross_fit_specialists(registry: TaskRegistry, train_records: Sequence[Record
                                 extra={"fold": "full"}) for r, p in zip(extra, probs)]
             bar.update(1)
     bar.close()
+    return write_teacher_file(rows, out_path)
+
+
+def _multitask_folds(records: Sequence[Record], registry: TaskRegistry, folds: int, seed: int) -> list[list[int]]:
+    """Per task stratified K folds (:func:`kfold_indices`), fold k of every task joined: indices into ``records``."""
+    by_task: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_task.setdefault(r.task_id, []).append(i)
+    out: list[list[int]] = [[] for _ in range(folds)]
+    for tid, idx in by_task.items():
+        enc = LabelEncoding.from_task(registry.get(tid))
+        for k, test_idx in enumerate(kfold_indices([records[i] for i in idx], enc, folds, seed)):
+            out[k] += [idx[j] for j in test_idx]
+    return out
+
+
+def cross_fit_students(args: Any, registry: TaskRegistry, train_records: Sequence[Record], out_path: str | Path, *,
+                       folds: int = 3, val_records: Sequence[Record] | None = None,
+                       predict_records: Sequence[Record] = ()) -> Path:
+    """Cross-fitted multi-task students as a teacher file (see the module docstring).
+
+    ``args`` is the fold models' ``TrainingArguments`` (method ``mtl`` or ``unimoe``; ``output_dir`` is the work
+    folder, one sub-folder per fold, reused when a fold's checkpoint exists, so a stopped run resumes).
+    ``val_records`` drive each fold's early stopping; they are never trained on.
+    """
+    import copy
+
+    from rubricate.student.scorer import Scorer
+    from rubricate.student.trainer import train as train_student
+
+    if args.method not in ("mtl", "unimoe"):
+        raise ValueError(f"fold students are 'mtl' or 'unimoe', got {args.method!r}")
+    train_records = list(train_records)
+    train_keys = {r.key for r in train_records}
+    extra = [r for r in predict_records if r.key not in train_keys]
+    source = f"students-{args.method}-kfold{folds}"
+    rows: list[TeacherRow] = []
+    ensemble: list[np.ndarray] = [np.zeros(len(LabelEncoding.from_task(registry.get(r.task_id)).names))
+                                  for r in extra]  # summed fold probabilities per extra row
+    for k, held in enumerate(_multitask_folds(train_records, registry, folds, args.seed)):
+        fold_dir = Path(args.output_dir) / f"fold{k}"
+        if not (fold_dir / "config.json").exists():
+            held_set = set(held)
+            fold_args = copy.deepcopy(args)
+            fold_args.output_dir = str(fold_dir)
+            train_student(fold_args, registry=registry, val_records=list(val_records) if val_records else None,
+                          train_records=[r for i, r in enumerate(train_records) if i not in held_set])
+        scorer = Scorer.from_pretrained(fold_dir, backend="torch")
+        held_recs = [train_records[i] for i in held]
+        for r, p in zip(held_recs, _student_probs(scorer, held_recs)):
+            rows.append(TeacherRow(r.task_id, r.response_id, scorer.encodings[r.task_id].names,
+                                   probs=p, source=source, extra={"fold": k}))
+        for acc, p in zip(ensemble, _student_probs(scorer, extra) if extra else []):
+            acc += np.asarray(p)
+    for r, p in zip(extra, ensemble):
+        rows.append(TeacherRow(r.task_id, r.response_id, LabelEncoding.from_task(registry.get(r.task_id)).names,
+                               probs=[float(x) / folds for x in p], source=source, extra={"fold": "ensemble"}))
+    return write_teacher_file(rows, out_path)
+
+
+def _student_probs(scorer: Any, records: Sequence[Record]) -> list[list[float]]:
+    """Each record's label probabilities (its task's labels only) from a loaded student."""
+    logits, _ = scorer.predict_logits([r.task_id for r in records], [r.text for r in records])
+    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return [[float(x) for x in p[: scorer.encodings[r.task_id].n_labels]] for r, p in zip(records, probs)]
+
+
+def mix_teachers(paths: Sequence[str | Path], weights: Sequence[float], out_path: str | Path) -> Path:
+    """Weighted mean of the probabilities of several teacher files, on the keys they all cover."""
+    if len(paths) != len(weights) or not paths:
+        raise ValueError(f"{len(paths)} teacher files but {len(weights)} weights")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+    files = [read_teacher_file(p) for p in paths]
+    common = [k for k in files[0] if all(k in f for f in files[1:])]
+    total = float(sum(weights))
+    rows = []
+    for key in common:
+        parts = [f[key] for f in files]
+        names = parts[0].label_names
+        for p, src in zip(parts[1:], paths[1:]):
+            if p.label_names != names:
+                raise InputError(f"label names {p.label_names} differ from {names} for {key}", file=src)
+        probs = sum(w * np.asarray(p.as_probs(), dtype=np.float64) for w, p in zip(weights, parts)) / total
+        rows.append(TeacherRow(key[0], key[1], names, probs=[float(x) for x in probs],
+                               source="mix(" + ",".join(p.source for p in parts) + ")"))
     return write_teacher_file(rows, out_path)
 
 

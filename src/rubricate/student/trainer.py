@@ -409,6 +409,18 @@ def _resolve_inputs(args: TrainingArguments, registry: TaskRegistry | None, trai
     return registry, list(train_records), (list(val_records) if val_records is not None else None)
 
 
+def resolve_inputs_with_test(args: TrainingArguments) -> tuple[TaskRegistry, dict[str, list[Record]]]:
+    """A recipe's registry and its train / validation / test records (``data`` + ``split`` recipes)."""
+    if not args.tasks or not args.data:
+        raise InputError("this verb needs a recipe with 'tasks' and 'data' (+ 'split')")
+    registry = TaskRegistry.from_dir(args.tasks)
+    parts = split_records(load_records(args.data, registry), args.split, registry)
+    if args.task_ids:
+        keep = set(args.task_ids)
+        parts = {k: [r for r in v if r.task_id in keep] for k, v in parts.items()}
+    return registry, parts
+
+
 def load_records(path: str | Path, registry: TaskRegistry | None = None) -> list[Record]:
     """Records from native JSONL or any table ``load_table`` understands (label columns named like label keys)."""
     from rubricate.data.loaders import load_table
