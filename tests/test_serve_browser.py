@@ -152,3 +152,31 @@ def test_keyboard_only_scoring(server, page) -> None:
     assert page.evaluate("document.activeElement.id") == "score-btn"
     page.keyboard.press("Enter")
     page.wait_for_selector("#decoded-score", timeout=20_000)
+
+
+def test_keyboard_only_review(server, page) -> None:
+    """A review card from the keyboard alone: Tab from the rater id reaches the card, Enter accepts it."""
+    from rubricate.serve.validation import Item
+
+    app, base, tmp = server
+    app.state.service.score([Item("sci-1", "unsure, keyboard review", "kb-1")])
+    page.goto(base + "/reviews")
+    card = page.locator("article.review", has_text="kb-1")
+    assert "Which gases could be the same substance" in card.inner_text()  # the question beside the response
+    assert "distribution of score" in card.inner_text()
+    page.fill("#rater", "")  # the page remembers the last rater id in this browser
+    page.focus("#rater")
+    page.keyboard.type("kb-rater")
+    target = card.get_attribute("id")
+    for _ in range(40):  # tab order: rater id, then each pending card and its controls
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == target:
+            break
+    assert page.evaluate("document.activeElement.id") == target
+    page.keyboard.press("Enter")
+    card.locator(".status:has-text('Saved')").wait_for(timeout=10_000)
+    assert card.locator("button").count() == 0  # decided: read-only
+    page.screenshot(path=str(_shots(tmp) / "review-keyboard.png"), full_page=True)
+    with db.make_sessionmaker(app.state.engine)() as s:
+        rv = s.scalar(select(db.Review).join(db.Response).where(db.Response.response_id == "kb-1"))
+        assert rv.status == "accepted" and [d.rater_id for d in rv.decisions] == ["kb-rater"]

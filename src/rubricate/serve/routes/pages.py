@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from rubricate import __version__
 from rubricate.serve.http import COOKIE, ServerContext, context, token_ok
@@ -33,11 +33,32 @@ def render_markdown(text: str | None) -> Markup:
     return Markup(_markdown().render(text or ""))
 
 
+def highlight(text: str, quotes: list[str]) -> Markup:
+    """``text`` escaped, with every case-insensitive occurrence of each evidence quote in ``<mark>``."""
+    low = text.lower()
+    spans: list[tuple[int, int]] = []
+    for q in quotes:
+        needle = str(q).strip().lower()
+        start = low.find(needle) if needle else -1
+        while start >= 0:
+            spans.append((start, start + len(needle)))
+            start = low.find(needle, start + len(needle))
+    out, pos = [], 0
+    for a, b in sorted(spans):
+        if a < pos:
+            continue
+        out += [escape(text[pos:a]), Markup("<mark>"), escape(text[a:b]), Markup("</mark>")]
+        pos = b
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
 def _page(request: Request, ctx: ServerContext, name: str, **values: Any) -> Response:
     if not ctx.settings.local_only and not token_ok(ctx.settings, request.cookies.get(COOKIE)):
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
     return ctx.templates.TemplateResponse(request, name, {"settings": ctx.settings, "service": ctx.service,
                                                           "version": __version__, "markdown": render_markdown,
+                                                          "highlight": highlight,
                                                           **values})
 
 

@@ -10,8 +10,15 @@ function showTask() {
   box.replaceChildren();
   if (!t) return;
   box.append(el("h3", {}, t.title));
-  box.append(el("p", { class: "question" }, t.question));
-  if (t.context) box.append(el("details", {}, el("summary", {}, "Context"), el("p", { class: "question" }, t.context)));
+  // question_html is Markdown rendered by the server with raw HTML escaped (tables show as tables)
+  const q = el("div", { class: "question md" });
+  q.innerHTML = t.question_html;
+  box.append(q);
+  if (t.context) {
+    const c = el("div", { class: "question md" });
+    c.innerHTML = t.context_html;
+    box.append(el("details", {}, el("summary", {}, "Context"), c));
+  }
   const r = t.rubric;
   if (r.criteria.length) {
     box.append(el("h4", {}, "Criteria"));
