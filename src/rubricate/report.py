@@ -31,6 +31,7 @@ from rubricate.metrics import (
     Interval,
     Readiness,
     Report,
+    ScaleReport,
     ScoreMetrics,
     TaskReport,
 )
@@ -271,8 +272,17 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
     )
     doc.bullets(report.notes)
 
-    # ---- across tasks ----
-    a = report.across
+    _across_section(doc, report)
+    _scores_section(doc, report)
+    _labels_section(doc, report)
+    for t in report.tasks:
+        _task_section(doc, t, mach, plot_dir, rel_root)
+    return doc
+
+
+def _across_section(doc: _Doc, report: Report) -> None:
+    """Mean and Fisher-z mean QWK across tasks, then the operational-readiness table."""
+    mach, a = report.machine_label, report.across
     doc.h(2, "Across tasks")
     headers = ["statistic", f"{mach}–human"]
     if a.human_human is not None:
@@ -297,7 +307,10 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
     if report.readiness is not None and report.readiness.items:
         _readiness_section(doc, report.readiness, mach)
 
-    # ---- per (task, scale) ----
+
+def _scores_section(doc: _Doc, report: Report) -> None:
+    """One row of score metrics per (task, scale), and their means."""
+    mach, a = report.machine_label, report.across
     doc.h(2, "Scores per task")
     rows = []
     for t in report.tasks:
@@ -328,6 +341,10 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
             [["arithmetic mean"] + [_f(a.score_means.get(k), 3) for k in SCORE_METRICS]],
         )
 
+
+def _labels_section(doc: _Doc, report: Report) -> None:
+    """One row of the UniMoE multi-label four per task."""
+    s = report.settings
     ml_rows = [
         [
             t.task_id,
@@ -349,12 +366,6 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
             caption=f"Binary targets (criteria and cumulative 'scale>=k' indicators) at threshold "
             f"{s.get('threshold')}; undefined κ skipped in the mean.",
         )
-
-    # ---- per task ----
-    for t in report.tasks:
-        _task_section(doc, t, mach, plot_dir, rel_root)
-    return doc
-
 
 def _pass(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "fail")
@@ -384,7 +395,8 @@ def _readiness_section(doc: _Doc, r: Readiness, mach: str) -> None:
         rows,
         caption=f"After Williamson, Xi & Breyer (2012). QWK and SMD: {mach} vs rater 1 on every matched "
         "response; QWK drop: human–human QWK minus machine–human QWK on the double-scored responses. Items "
-        "without a second rater have no drop (n/a) and are judged on QWK and SMD only; an undefined value fails.",
+        "without a second rater have no drop (n/a) and are judged on QWK and SMD only; an undefined value "
+        "fails.",
     )
 
 
@@ -393,62 +405,7 @@ def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, re
     doc.p(f"Gold responses: {t.n_gold}; predictions: {t.n_predicted}; matched: {t.n_matched}.")
     doc.bullets(_notes("", t.notes))
     for sr in t.scales:
-        doc.h(3, f"Scale '{sr.scale_id}' ({sr.machine.scale_min}–{sr.machine.scale_max})")
-        headers = ["metric", f"{mach}–human"]
-        cols: list[ScoreMetrics | None] = [sr.machine]
-        if sr.human_human is not None:
-            # the double-scored column only when it differs from the full one (some responses single-scored)
-            if sr.machine_double_scored is not None and sr.machine_double_scored.n != sr.machine.n:
-                headers.append(f"{mach}–human (double-scored)")
-                cols.append(sr.machine_double_scored)
-            headers += ["human–human", "degradation"]
-            cols.append(sr.human_human)
-        other = f"{mach} / rater 2" if sr.human_human is not None else mach
-        names = {
-            "mean_human": "mean rater 1",
-            "mean_machine": f"mean {other}",
-            "sd_human": "SD rater 1",
-            "sd_machine": f"SD {other}",
-        }
-        rows = []
-        for k in ("n",) + SCORE_METRICS + ("mean_human", "mean_machine", "sd_human", "sd_machine"):
-            row = [_METRIC_NAMES.get(k) or names.get(k, k)]
-            for sm in cols:
-                if sm is None:
-                    row.append("")
-                elif k == "n":
-                    row.append(str(sm.n))
-                else:
-                    row.append(_with_ci(getattr(sm, k), sm.ci.get(k)))
-            if sr.human_human is not None:
-                deg = (sr.degradation or {}).get(k, math.nan)
-                row.append(_with_ci(deg, sr.degradation_ci.get(k)) if k in SCORE_METRICS else "")
-            rows.append(row)
-        doc.table(headers, rows)
-        notes = _notes(f"{mach}–human ", sr.machine.notes)
-        if sr.human_human is not None:
-            notes += _notes("human–human ", sr.human_human.notes)
-        doc.bullets(notes)
-        if plot_dir is not None and sr.machine.n > 0:
-            png = plot_confusion(
-                sr.machine,
-                plot_dir / f"confusion_{t.task_id}_{sr.scale_id}.png",
-                f"{t.task_id} / {sr.scale_id}: human vs {mach} (n={sr.machine.n})",
-                mach,
-            )
-            rel = png.relative_to(rel_root).as_posix() if rel_root else png.as_posix()
-            doc.image(png, rel, f"confusion matrix {t.task_id} {sr.scale_id}")
-        if sr.subgroups:
-            doc.h(4, "Subgroups")
-            doc.table(["group"] + _SCORE_HEADERS, [_score_row(g, sm) for g, sm in sr.subgroups.items()])
-            doc.bullets(
-                [
-                    f"{g}: {k}: {v}"
-                    for g, sm in sr.subgroups.items()
-                    for k, v in sm.notes.items()
-                    if not k.startswith("ci_")
-                ]
-            )
+        _scale_section(doc, t, sr, mach, plot_dir, rel_root)
     if t.labels:
         doc.h(3, "Per label")
         doc.table(
@@ -469,6 +426,68 @@ def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, re
         doc.bullets(
             [f"{lm.name}: {k}: {v}" for lm in t.labels for k, v in lm.notes.items()]
             + (_notes("", t.multilabel.notes) if t.multilabel else [])
+        )
+
+
+def _scale_section(
+    doc: _Doc, t: TaskReport, sr: ScaleReport, mach: str, plot_dir: Path | None, rel_root: Path | None
+) -> None:
+    """One scale of a task: the metrics beside human-human, notes, confusion matrix, subgroups."""
+    doc.h(3, f"Scale '{sr.scale_id}' ({sr.machine.scale_min}–{sr.machine.scale_max})")
+    headers = ["metric", f"{mach}–human"]
+    cols: list[ScoreMetrics | None] = [sr.machine]
+    if sr.human_human is not None:
+        # the double-scored column only when it differs from the full one (some responses single-scored)
+        if sr.machine_double_scored is not None and sr.machine_double_scored.n != sr.machine.n:
+            headers.append(f"{mach}–human (double-scored)")
+            cols.append(sr.machine_double_scored)
+        headers += ["human–human", "degradation"]
+        cols.append(sr.human_human)
+    other = f"{mach} / rater 2" if sr.human_human is not None else mach
+    names = {
+        "mean_human": "mean rater 1",
+        "mean_machine": f"mean {other}",
+        "sd_human": "SD rater 1",
+        "sd_machine": f"SD {other}",
+    }
+    rows = []
+    for k in ("n",) + SCORE_METRICS + ("mean_human", "mean_machine", "sd_human", "sd_machine"):
+        row = [_METRIC_NAMES.get(k) or names.get(k, k)]
+        for sm in cols:
+            if sm is None:
+                row.append("")
+            elif k == "n":
+                row.append(str(sm.n))
+            else:
+                row.append(_with_ci(getattr(sm, k), sm.ci.get(k)))
+        if sr.human_human is not None:
+            deg = (sr.degradation or {}).get(k, math.nan)
+            row.append(_with_ci(deg, sr.degradation_ci.get(k)) if k in SCORE_METRICS else "")
+        rows.append(row)
+    doc.table(headers, rows)
+    notes = _notes(f"{mach}–human ", sr.machine.notes)
+    if sr.human_human is not None:
+        notes += _notes("human–human ", sr.human_human.notes)
+    doc.bullets(notes)
+    if plot_dir is not None and sr.machine.n > 0:
+        png = plot_confusion(
+            sr.machine,
+            plot_dir / f"confusion_{t.task_id}_{sr.scale_id}.png",
+            f"{t.task_id} / {sr.scale_id}: human vs {mach} (n={sr.machine.n})",
+            mach,
+        )
+        rel = png.relative_to(rel_root).as_posix() if rel_root else png.as_posix()
+        doc.image(png, rel, f"confusion matrix {t.task_id} {sr.scale_id}")
+    if sr.subgroups:
+        doc.h(4, "Subgroups")
+        doc.table(["group"] + _SCORE_HEADERS, [_score_row(g, sm) for g, sm in sr.subgroups.items()])
+        doc.bullets(
+            [
+                f"{g}: {k}: {v}"
+                for g, sm in sr.subgroups.items()
+                for k, v in sm.notes.items()
+                if not k.startswith("ci_")
+            ]
         )
 
 

@@ -1,6 +1,7 @@
 r"""Reliability metrics: how well a scorer (the student, the agents, or a second human) agrees with humans.
 
-Every number in a rubricate report is defined here (the formulas in :mod:`.formulas`). Notation: for one task and one score scale,
+Every number in a rubricate report is defined here (the formulas in :mod:`.formulas`). Notation: for one
+task and one score scale,
 ``h_i`` is the human (gold, rater 1) score of response ``i`` and ``m_i`` the machine score, ``i = 1..n``;
 scores are integers on the scale ``min..max`` (``K = max - min + 1`` categories). The formulas are those of
 RSMTool's documentation ("Evaluation metrics"), computed with scikit-learn and scipy.
@@ -53,11 +54,13 @@ machine agrees less than two humans; for MAE / RMSE a positive one means it errs
 the absolute values.
 
 Uncertainty: **bootstrap 95% confidence intervals** - percentile bootstrap over responses (``n_boot``
-resamples with replacement of the n responses; one documented seed scheme, :mod:`.bootstrap`; the interval is the
+resamples with replacement of the n responses; one documented seed scheme, :mod:`.bootstrap`; the interval
+is the
 ``(1-ci)/2`` and ``(1+ci)/2`` quantiles of the resampled statistic). Resamples are drawn as one index
 matrix and the statistics are computed for all of them at once (confusion-matrix counts for κ, moments
 for r and SMD, average ranks of the categories for ρ - every score metric is a function of the K×K
-confusion matrix, so one matrix per resample is all that is needed). Across-task intervals resample responses within each task
+confusion matrix, so one matrix per resample is all that is needed). Across-task intervals resample
+responses within each task
 (stratified), so each replicate gives one value per task, aggregated as above.
 
 Comparing two scorers (:func:`compare_systems`, ``rubricate report --against``): per task and scale the
@@ -144,13 +147,54 @@ from rubricate.metrics.rsmeval import write_rsmeval_inputs
 from rubricate.metrics.scores import label_metrics, multilabel_metrics, score_metrics
 
 __all__ = [
-    "BootstrapConfig", "Stream", "bootstrap_indices", "bootstrap_multilabel", "bootstrap_score_metrics",
-    "percentile_interval", "resample_counts", "compare_systems", "MISSING_GROUP", "EvaluationSettings",
-    "MissingPolicy", "evaluate", "DEFAULT_TOLERANCE", "KAPPA_CLIP", "ConstantPolicy", "KappaWeights", "SmdMethod",
-    "confusion_counts", "fisher_z_mean", "kappa", "kappa_from_confusion", "quadratic_weighted_kappa", "qwk",
-    "score_metrics_from_confusion", "standardized_mean_difference", "Predicted", "as_predicted",
-    "rater2_as_predictions", "read_predictions", "ReadinessThresholds", "operational_readiness", "SCORE_METRICS",
-    "AcrossTasks", "AggregateQWK", "Comparison", "Interval", "ItemReadiness", "LabelMetrics", "MultiLabelMetrics",
-    "Readiness", "Report", "ScaleComparison", "ScaleReport", "ScoreMetrics", "TaskReport", "json_safe",
-    "write_rsmeval_inputs", "label_metrics", "multilabel_metrics", "score_metrics",
+    "BootstrapConfig",
+    "Stream",
+    "bootstrap_indices",
+    "bootstrap_multilabel",
+    "bootstrap_score_metrics",
+    "percentile_interval",
+    "resample_counts",
+    "compare_systems",
+    "MISSING_GROUP",
+    "EvaluationSettings",
+    "MissingPolicy",
+    "evaluate",
+    "DEFAULT_TOLERANCE",
+    "KAPPA_CLIP",
+    "ConstantPolicy",
+    "KappaWeights",
+    "SmdMethod",
+    "confusion_counts",
+    "fisher_z_mean",
+    "kappa",
+    "kappa_from_confusion",
+    "quadratic_weighted_kappa",
+    "qwk",
+    "score_metrics_from_confusion",
+    "standardized_mean_difference",
+    "Predicted",
+    "as_predicted",
+    "rater2_as_predictions",
+    "read_predictions",
+    "ReadinessThresholds",
+    "operational_readiness",
+    "SCORE_METRICS",
+    "AcrossTasks",
+    "AggregateQWK",
+    "Comparison",
+    "Interval",
+    "ItemReadiness",
+    "LabelMetrics",
+    "MultiLabelMetrics",
+    "Readiness",
+    "Report",
+    "ScaleComparison",
+    "ScaleReport",
+    "ScoreMetrics",
+    "TaskReport",
+    "json_safe",
+    "write_rsmeval_inputs",
+    "label_metrics",
+    "multilabel_metrics",
+    "score_metrics",
 ]

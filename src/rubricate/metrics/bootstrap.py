@@ -8,7 +8,8 @@ Seed scheme (:class:`BootstrapConfig`): one base ``seed``; each stream of resamp
 derived from the base seed by named strides and offsets so that streams never share resamples by accident
 and the same (task, scale) always draws the same resamples:
 
-* the ``t``-th task's ``s``-th scale: ``seed + task_stride·t + scale_stride·s`` (:meth:`~BootstrapConfig.scale_seed`).
+* the ``t``-th task's ``s``-th scale: ``seed + task_stride·t + scale_stride·s``
+  (:meth:`~BootstrapConfig.scale_seed`).
   :func:`~rubricate.metrics.evaluate` and :func:`~rubricate.metrics.compare_systems` use the same
   derivation, so a comparison resamples what the report resampled;
 * on that scale, the double-scored responses (human–human and machine on the same resamples, which is what
@@ -63,8 +64,11 @@ class BootstrapConfig:
     def scale_seed(self, t_index: int, s_index: int, stream: Stream = Stream.MACHINE) -> int:
         """Seed of ``stream`` on the ``s_index``-th scale of the ``t_index``-th task (module docstring)."""
         base = self.seed + self.task_stride * t_index + self.scale_stride * s_index
-        offset = {Stream.MACHINE: 0, Stream.DOUBLE_SCORED: self.double_scored_offset,
-                  Stream.SUBGROUPS: self.subgroup_offset}[stream]
+        offset = {
+            Stream.MACHINE: 0,
+            Stream.DOUBLE_SCORED: self.double_scored_offset,
+            Stream.SUBGROUPS: self.subgroup_offset,
+        }[stream]
         return base + offset
 
     def label_seed(self, t_index: int) -> int:

@@ -34,8 +34,13 @@ _BOOT = BootstrapConfig()
 
 
 def _compare_scale(
-    task_id: str, sc: Scale, rows: list[Record], scorers: list[tuple[str, dict[Key, Predicted]]], idx: np.ndarray,
-    constant_prediction: ConstantPolicy, ci: float,
+    task_id: str,
+    sc: Scale,
+    rows: list[Record],
+    scorers: list[tuple[str, dict[Key, Predicted]]],
+    idx: np.ndarray,
+    constant_prediction: ConstantPolicy,
+    ci: float,
 ) -> tuple[ScaleComparison, np.ndarray, np.ndarray]:
     """QWK of A and B on one scale and the replicates of both on the same resamples ``idx``."""
     for who, d in scorers:
@@ -48,16 +53,29 @@ def _compare_scale(
     b = np.array([pb[r.key].scores[sc.id] for r in rows], dtype=np.int64)
     qa = qwk(h, a, sc.min, sc.max, constant_prediction=constant_prediction)
     qb = qwk(h, b, sc.min, sc.max, constant_prediction=constant_prediction)
-    ra = bootstrap_score_metrics(h, a, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)["qwk"]
-    rb = bootstrap_score_metrics(h, b, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)["qwk"]
+    ra = bootstrap_score_metrics(h, a, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)[
+        "qwk"
+    ]
+    rb = bootstrap_score_metrics(h, b, sc.min, sc.max, idx=idx, constant_prediction=constant_prediction)[
+        "qwk"
+    ]
     d_reps = ra - rb
-    entry = ScaleComparison(task_id=task_id, scale_id=sc.id, n=len(h), qwk_a=qa, qwk_b=qb, diff=qa - qb,
-                            ci=percentile_interval(d_reps, ci), share_a_better=share_positive(d_reps))
+    entry = ScaleComparison(
+        task_id=task_id,
+        scale_id=sc.id,
+        n=len(h),
+        qwk_a=qa,
+        qwk_b=qb,
+        diff=qa - qb,
+        ci=percentile_interval(d_reps, ci),
+        share_a_better=share_positive(d_reps),
+    )
     return entry, ra, rb
 
 
-def _across(entries: list[ScaleComparison], reps_a: list[np.ndarray], reps_b: list[np.ndarray], ci: float
-            ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def _across(
+    entries: list[ScaleComparison], reps_a: list[np.ndarray], reps_b: list[np.ndarray], ci: float
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Mean and Fisher-z mean QWK of A and B, their difference and its paired interval."""
     qa_all = np.array([e.qwk_a for e in entries])
     qb_all = np.array([e.qwk_b for e in entries])
@@ -71,8 +89,12 @@ def _across(entries: list[ScaleComparison], reps_a: list[np.ndarray], reps_b: li
             ("fisher_z", lambda q: float(fisher_z_mean(q)), lambda m: fisher_z_mean(m, axis=1)),
         ):
             d_rep = rep(ma) - rep(mb)
-            across[name] = {"a": point(qa_all), "b": point(qb_all), "diff": point(qa_all) - point(qb_all),
-                            "share_a_better": share_positive(d_rep)}
+            across[name] = {
+                "a": point(qa_all),
+                "b": point(qb_all),
+                "diff": point(qa_all) - point(qb_all),
+                "share_a_better": share_positive(d_rep),
+            }
             ci_out[name] = percentile_interval(d_rep, ci)
     return across, ci_out
 
@@ -106,7 +128,10 @@ def compare_systems(
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1 for a comparison")
     boot = BootstrapConfig(n_boot=n_boot, ci=ci, seed=seed)
-    scorers = [(who, index_predictions(p, tasks, who)) for who, p in ((label_a, predictions_a), (label_b, predictions_b))]
+    scorers = [
+        (who, index_predictions(p, tasks, who))
+        for who, p in ((label_a, predictions_a), (label_b, predictions_b))
+    ]
     covered = {k[0] for k in scorers[0][1]} & {k[0] for k in scorers[1][1]}
     gold_by_task = index_gold(gold, only_tasks=covered)
     if not gold_by_task:
@@ -131,6 +156,17 @@ def compare_systems(
             reps_a.append(ra)
             reps_b.append(rb)
     across, ci_out = _across(entries, reps_a, reps_b, ci)
-    return Comparison(label_a=label_a, label_b=label_b, entries=entries, across=across, ci=ci_out,
-                      settings={"n_boot": n_boot, "ci": ci, "seed": seed, "constant_prediction": constant_prediction,
-                                "kappa_clip": KAPPA_CLIP})
+    return Comparison(
+        label_a=label_a,
+        label_b=label_b,
+        entries=entries,
+        across=across,
+        ci=ci_out,
+        settings={
+            "n_boot": n_boot,
+            "ci": ci,
+            "seed": seed,
+            "constant_prediction": constant_prediction,
+            "kappa_clip": KAPPA_CLIP,
+        },
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -74,9 +74,13 @@ class EvaluationSettings:
 
     def score_options(self) -> dict[str, Any]:
         """The keyword arguments of :func:`score_metrics_with_replicates` (without the seed)."""
-        return {"tolerance": self.tolerance, "smd_method": self.smd_method,
-                "constant_prediction": self.constant_prediction, "n_boot": self.bootstrap.n_boot,
-                "ci": self.bootstrap.ci}
+        return {
+            "tolerance": self.tolerance,
+            "smd_method": self.smd_method,
+            "constant_prediction": self.constant_prediction,
+            "n_boot": self.bootstrap.n_boot,
+            "ci": self.bootstrap.ci,
+        }
 
 
 @dataclass
@@ -164,8 +168,12 @@ def match_task(
     matched = [(r, by_key[r.key]) for r in recs if r.key in by_key]
     if len(matched) < len(recs):
         if settings.missing == "error":
-            raise unpredicted_error(task.id, [r.response_id for r in recs if r.key not in by_key], hint=_DROP_HINT)
-        notes["coverage"] = f"{len(recs) - len(matched)} of {len(recs)} gold responses have no prediction (left out)"
+            raise unpredicted_error(
+                task.id, [r.response_id for r in recs if r.key not in by_key], hint=_DROP_HINT
+            )
+        notes["coverage"] = (
+            f"{len(recs) - len(matched)} of {len(recs)} gold responses have no prediction (left out)"
+        )
     if inputs.extra_by_task.get(task.id):
         notes["extra_predictions"] = f"{inputs.extra_by_task[task.id]} predictions without gold (left out)"
     check_predicted_scores(task, (p for _, p in matched))
@@ -176,7 +184,10 @@ def match_task(
 # 3: labels
 # --------------------------------------------------------------------------------------------------------
 def _label_matrices(
-    task_id: str, enc: LabelEncoding, matched: list[tuple[Record, Predicted]], settings: EvaluationSettings,
+    task_id: str,
+    enc: LabelEncoding,
+    matched: list[tuple[Record, Predicted]],
+    settings: EvaluationSettings,
     notes: dict[str, str],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Gold targets and predictions ``(N, L)``: probabilities when a prediction has all, else its scores."""
@@ -201,7 +212,9 @@ def _label_matrices(
                 file=matched[i][1].source or None,
             )
         y_true[lack] = np.nan
-        notes["missing_label_predictions"] = f"{int(lack.sum())} (response, label) cells without a prediction left out"
+        notes["missing_label_predictions"] = (
+            f"{int(lack.sum())} (response, label) cells without a prediction left out"
+        )
     if 0 < n_from_probs < len(matched):
         notes["probs"] = (
             f"{n_from_probs} of {len(matched)} predictions carried probabilities; "
@@ -211,7 +224,10 @@ def _label_matrices(
 
 
 def label_step(
-    task: Task, t_index: int, matched: list[tuple[Record, Predicted]], settings: EvaluationSettings,
+    task: Task,
+    t_index: int,
+    matched: list[tuple[Record, Predicted]],
+    settings: EvaluationSettings,
     notes: dict[str, str],
 ) -> tuple[list[LabelMetrics], MultiLabelMetrics | None]:
     """Per-label κ / accuracy / F1 and the UniMoE four, with bootstrap intervals of the four."""
@@ -219,7 +235,9 @@ def label_step(
     if not enc.n_labels or not matched:
         return [], None
     y_true, y_pred = _label_matrices(task.id, enc, matched, settings, notes)
-    labels_out, ml = multilabel_metrics(y_true, y_pred, enc.names, settings.threshold, settings.constant_prediction)
+    labels_out, ml = multilabel_metrics(
+        y_true, y_pred, enc.names, settings.threshold, settings.constant_prediction
+    )
     boot = settings.bootstrap
     if boot.n_boot > 0 and len(matched) >= 2:
         reps = bootstrap_multilabel(
@@ -237,8 +255,13 @@ def label_step(
 # 4-6: scales, second rater, subgroups
 # --------------------------------------------------------------------------------------------------------
 def rater2_step(
-    sr: ScaleReport, task_id: str, sc: Scale, both: list[tuple[Record, Predicted]], seed: int,
-    settings: EvaluationSettings, collected: _Collected,
+    sr: ScaleReport,
+    task_id: str,
+    sc: Scale,
+    both: list[tuple[Record, Predicted]],
+    seed: int,
+    settings: EvaluationSettings,
+    collected: _Collected,
 ) -> None:
     """Human–human, machine on the same double-scored responses, and the degradation (paired resamples)."""
     dbl = [(r, p) for r, p in both if settings.compare_rater2 and r.rater2 and sc.id in r.rater2]
@@ -258,8 +281,9 @@ def rater2_step(
     collected.human_human.add(task_id, sc.id, len(h1), sr.human_human.qwk, reps_hh)
     collected.double_scored.add(task_id, sc.id, len(h1), sr.machine_double_scored.qwk, reps_md)
     if reps_hh:
-        sr.degradation_ci = {k: percentile_interval(reps_md[k] - reps_hh[k], settings.bootstrap.ci)
-                             for k in SCORE_METRICS}
+        sr.degradation_ci = {
+            k: percentile_interval(reps_md[k] - reps_hh[k], settings.bootstrap.ci) for k in SCORE_METRICS
+        }
 
 
 def _group_value(r: Record, column: str) -> str:
@@ -268,7 +292,12 @@ def _group_value(r: Record, column: str) -> str:
 
 
 def subgroup_step(
-    sr: ScaleReport, sc: Scale, both: list[tuple[Record, Predicted]], h: np.ndarray, m: np.ndarray, seed: int,
+    sr: ScaleReport,
+    sc: Scale,
+    both: list[tuple[Record, Predicted]],
+    h: np.ndarray,
+    m: np.ndarray,
+    seed: int,
     settings: EvaluationSettings,
 ) -> None:
     """The score metrics per value of the group column (``MISSING_GROUP`` for responses without one)."""
@@ -284,8 +313,13 @@ def subgroup_step(
 
 
 def scale_step(
-    task_id: str, sc: Scale, seed_of: Any, matched: list[tuple[Record, Predicted]],
-    settings: EvaluationSettings, notes: dict[str, str], collected: _Collected,
+    task_id: str,
+    sc: Scale,
+    seed_of: Callable[[Stream], int],
+    matched: list[tuple[Record, Predicted]],
+    settings: EvaluationSettings,
+    notes: dict[str, str],
+    collected: _Collected,
 ) -> ScaleReport:
     """Machine vs rater 1 on one scale, then the second rater and the subgroups (``seed_of(stream)``)."""
     both = [(r, p) for r, p in matched if sc.id in r.labels and sc.id in p.scores]
@@ -296,8 +330,9 @@ def scale_step(
         notes[f"missing_{sc.id}"] = f"{len(lacking)} predictions without a '{sc.id}' score left out"
     h = np.array([r.labels[sc.id] for r, _ in both], dtype=np.int64)
     m = np.array([p.scores[sc.id] for _, p in both], dtype=np.int64)
-    mach, reps = score_metrics_with_replicates(h, m, sc.min, sc.max, seed=seed_of(Stream.MACHINE),
-                                               **settings.score_options())
+    mach, reps = score_metrics_with_replicates(
+        h, m, sc.min, sc.max, seed=seed_of(Stream.MACHINE), **settings.score_options()
+    )
     sr = ScaleReport(scale_id=sc.id, machine=mach)
     collected.machine.add(task_id, sc.id, mach.n, mach.qwk, reps)
     rater2_step(sr, task_id, sc, both, seed_of(Stream.DOUBLE_SCORED), settings, collected)
@@ -313,8 +348,15 @@ def task_step(
     matched = match_task(task, inputs, settings, notes)
     labels_out, ml = label_step(task, t_index, matched, settings, notes)
     scales = [
-        scale_step(task.id, sc, lambda stream, s=s_index: settings.bootstrap.scale_seed(t_index, s, stream),
-                   matched, settings, notes, collected)
+        scale_step(
+            task.id,
+            sc,
+            lambda stream, s=s_index: settings.bootstrap.scale_seed(t_index, s, stream),
+            matched,
+            settings,
+            notes,
+            collected,
+        )
         for s_index, sc in enumerate(task.scales)
     ]
     return TaskReport(
@@ -374,7 +416,8 @@ def across_tasks(task_reports: list[TaskReport], collected: _Collected, ci: floa
         across.human_human = aggregate_qwk(hh, ci)
         md_agg = aggregate_qwk(md, ci)
         across.degradation = {
-            k: getattr(md_agg, k) - getattr(across.human_human, k) for k in ("mean", "fisher_z", "fisher_z_weighted")
+            k: getattr(md_agg, k) - getattr(across.human_human, k)
+            for k in ("mean", "fisher_z", "fisher_z_weighted")
         }
         r_md = aggregate_replicates(md.entries, md.replicates)
         r_hh = aggregate_replicates(hh.entries, hh.replicates)
@@ -396,10 +439,20 @@ def across_tasks(task_reports: list[TaskReport], collected: _Collected, ci: floa
 def _settings_record(s: EvaluationSettings) -> dict[str, Any]:
     """What ``report.json`` records under ``settings``."""
     b = s.bootstrap
-    return {"threshold": s.threshold, "tolerance": s.tolerance, "smd_method": s.smd_method,
-            "constant_prediction": s.constant_prediction, "n_boot": b.n_boot, "ci": b.ci, "seed": b.seed,
-            "group_column": s.group_column, "missing": s.missing, "kappa_clip": KAPPA_CLIP,
-            "bootstrap": asdict(b), "readiness": asdict(s.readiness)}
+    return {
+        "threshold": s.threshold,
+        "tolerance": s.tolerance,
+        "smd_method": s.smd_method,
+        "constant_prediction": s.constant_prediction,
+        "n_boot": b.n_boot,
+        "ci": b.ci,
+        "seed": b.seed,
+        "group_column": s.group_column,
+        "missing": s.missing,
+        "kappa_clip": KAPPA_CLIP,
+        "bootstrap": asdict(b),
+        "readiness": asdict(s.readiness),
+    }
 
 
 def evaluate(
@@ -436,13 +489,21 @@ def evaluate(
     if not 0 < ci < 1:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     settings = EvaluationSettings(
-        threshold=threshold, tolerance=tolerance, smd_method=smd_method, constant_prediction=constant_prediction,
-        group_column=group_column, missing=missing, compare_rater2=compare_rater2,
-        bootstrap=BootstrapConfig(n_boot=n_boot, ci=ci, seed=seed), readiness=readiness,
+        threshold=threshold,
+        tolerance=tolerance,
+        smd_method=smd_method,
+        constant_prediction=constant_prediction,
+        group_column=group_column,
+        missing=missing,
+        compare_rater2=compare_rater2,
+        bootstrap=BootstrapConfig(n_boot=n_boot, ci=ci, seed=seed),
+        readiness=readiness,
     )
     inputs = match_inputs(gold, predictions, tasks, settings)
     collected = _Collected()
-    task_reports = [task_step(tasks.get(t), i, inputs, settings, collected) for i, t in enumerate(inputs.task_ids)]
+    task_reports = [
+        task_step(tasks.get(t), i, inputs, settings, collected) for i, t in enumerate(inputs.task_ids)
+    ]
     report = Report(
         title=title,
         machine_label=machine_label,

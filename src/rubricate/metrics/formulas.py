@@ -116,7 +116,9 @@ def qwk(
     value 0 (``constant_prediction="nan"``: NaN).
     """
     labels = list(range(int(min_score), int(max_score) + 1))
-    return kappa(y_true, y_pred, labels=labels, weights="quadratic", constant_prediction=constant_prediction)[0]
+    return kappa(y_true, y_pred, labels=labels, weights="quadratic", constant_prediction=constant_prediction)[
+        0
+    ]
 
 
 def kappa_from_confusion(

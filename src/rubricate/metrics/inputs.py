@@ -132,7 +132,9 @@ def check_gold_labels(task: Task, records: Iterable[Record]) -> None:
     for r in records:
         problems = task.check_labels(r.labels)
         if problems:
-            raise InputError(f"gold labels of response '{r.response_id}': {'; '.join(problems)}", column="labels")
+            raise InputError(
+                f"gold labels of response '{r.response_id}': {'; '.join(problems)}", column="labels"
+            )
 
 
 def check_predicted_scores(task: Task, predictions: Iterable[Predicted], who: str = "") -> None:
@@ -155,8 +157,9 @@ def unpredicted_error(task_id: str, response_ids: Sequence[str], who: str = "", 
     )
 
 
-def missing_score_error(task_id: str, scale_id: str, response_ids: Sequence[str], who: str = "",
-                        hint: str = "") -> InputError:
+def missing_score_error(
+    task_id: str, scale_id: str, response_ids: Sequence[str], who: str = "", hint: str = ""
+) -> InputError:
     """The error for predictions that lack a score for a scale the gold record has."""
     return InputError(
         f"{_prefix(who)}task '{task_id}': {len(response_ids)} predictions have no '{scale_id}' score, "
@@ -257,9 +260,7 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
                             column=f"probs.{k}",
                         )
                     probs[str(k)] = float(v)
-            add(
-                Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line
-            )
+            add(Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line)
         return out
     if suffix not in (".csv", ".tsv", ".tab"):
         raise InputError(f"unknown predictions file type '{suffix}' (use .jsonl or .csv/.tsv)", file=path)

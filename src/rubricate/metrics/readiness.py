@@ -34,16 +34,31 @@ class ReadinessThresholds:
 
 
 def judge_item(
-    task_id: str, scale_id: str, n: int, qwk: float, qwk_drop: float | None, smd: float,
+    task_id: str,
+    scale_id: str,
+    n: int,
+    qwk: float,
+    qwk_drop: float | None,
+    smd: float,
     thresholds: ReadinessThresholds,
 ) -> ItemReadiness:
     """Pass/fail of one item on each criterion and overall (NaN fails; a missing drop is not judged)."""
     qwk_pass = not math.isnan(qwk) and qwk >= thresholds.min_qwk
     smd_pass = not math.isnan(smd) and abs(smd) <= thresholds.max_abs_smd
-    drop_pass = None if qwk_drop is None else (not math.isnan(qwk_drop) and qwk_drop <= thresholds.max_qwk_drop)
+    drop_pass = (
+        None if qwk_drop is None else (not math.isnan(qwk_drop) and qwk_drop <= thresholds.max_qwk_drop)
+    )
     return ItemReadiness(
-        task_id=task_id, scale_id=scale_id, n=n, qwk=qwk, qwk_drop=qwk_drop, smd=smd, qwk_pass=qwk_pass,
-        drop_pass=drop_pass, smd_pass=smd_pass, passes=qwk_pass and smd_pass and drop_pass is not False,
+        task_id=task_id,
+        scale_id=scale_id,
+        n=n,
+        qwk=qwk,
+        qwk_drop=qwk_drop,
+        smd=smd,
+        qwk_pass=qwk_pass,
+        drop_pass=drop_pass,
+        smd_pass=smd_pass,
+        passes=qwk_pass and smd_pass and drop_pass is not False,
     )
 
 
@@ -53,12 +68,20 @@ def _qwk_drop(sr: ScaleReport) -> float | None:
     return sr.human_human.qwk - sr.machine_double_scored.qwk
 
 
-def operational_readiness(report: Report, thresholds: ReadinessThresholds = ReadinessThresholds()) -> Readiness:
+def operational_readiness(
+    report: Report, thresholds: ReadinessThresholds = ReadinessThresholds()
+) -> Readiness:
     """The readiness table of a report: one row per (task, scale), judged by :func:`judge_item`."""
     items = [
-        judge_item(t.task_id, sr.scale_id, sr.machine.n, sr.machine.qwk, _qwk_drop(sr), sr.machine.smd, thresholds)
+        judge_item(
+            t.task_id, sr.scale_id, sr.machine.n, sr.machine.qwk, _qwk_drop(sr), sr.machine.smd, thresholds
+        )
         for t in report.tasks
         for sr in t.scales
     ]
-    return Readiness(min_qwk=thresholds.min_qwk, max_qwk_drop=thresholds.max_qwk_drop,
-                     max_abs_smd=thresholds.max_abs_smd, items=items)
+    return Readiness(
+        min_qwk=thresholds.min_qwk,
+        max_qwk_drop=thresholds.max_qwk_drop,
+        max_abs_smd=thresholds.max_abs_smd,
+        items=items,
+    )

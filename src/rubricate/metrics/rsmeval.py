@@ -38,7 +38,9 @@ def _experiment_name(task_id: str, scale_id: str, n_scales: int) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:200]
 
 
-def rsmeval_config(name: str, scale_min: int, scale_max: int, second_rater: bool, description: str = "") -> dict:
+def rsmeval_config(
+    name: str, scale_min: int, scale_max: int, second_rater: bool, description: str = ""
+) -> dict:
     """The ``rsmeval`` configuration of one predictions file ``<name>.csv`` (module docstring)."""
     config: dict[str, Any] = {
         "experiment_id": name,
@@ -58,7 +60,10 @@ def rsmeval_config(name: str, scale_min: int, scale_max: int, second_rater: bool
 
 
 def write_rsmeval_inputs(
-    gold: Sequence[Record], predictions: Sequence[Any], tasks: TaskRegistry, out_dir: str | Path,
+    gold: Sequence[Record],
+    predictions: Sequence[Any],
+    tasks: TaskRegistry,
+    out_dir: str | Path,
     description: str = "",
 ) -> list[Path]:
     """Write a ``.csv`` + ``.json`` pair per (task, scale) with gold and predicted scores; returns the paths.
@@ -73,8 +78,11 @@ def write_rsmeval_inputs(
     for task_id, recs in index_gold(gold, only_tasks={k[0] for k in by_key}).items():
         task = tasks.get(task_id)
         for sc in task.scales:
-            rows = [(r, by_key[r.key]) for r in recs if r.key in by_key and sc.id in r.labels
-                    and sc.id in by_key[r.key].scores]
+            rows = [
+                (r, by_key[r.key])
+                for r in recs
+                if r.key in by_key and sc.id in r.labels and sc.id in by_key[r.key].scores
+            ]
             if not rows:
                 continue
             second = any(r.rater2 and sc.id in r.rater2 for r, _ in rows)

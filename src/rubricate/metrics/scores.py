@@ -166,20 +166,51 @@ def score_metrics(
     ``tolerance`` is the adjacent-agreement distance; ``n_boot = 0`` skips the bootstrap intervals.
     """
     return score_metrics_with_replicates(
-        human, machine, scale_min, scale_max, tolerance=tolerance, smd_method=smd_method,
-        constant_prediction=constant_prediction, n_boot=n_boot, ci=ci, seed=seed,
+        human,
+        machine,
+        scale_min,
+        scale_max,
+        tolerance=tolerance,
+        smd_method=smd_method,
+        constant_prediction=constant_prediction,
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
     )[0]
 
 
 def _empty_score_metrics(scale_min: int, scale_max: int) -> ScoreMetrics:
     k = scale_max - scale_min + 1
     nan = math.nan
-    return ScoreMetrics(0, scale_min, scale_max, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan,
-                        np.zeros((k, k), dtype=int).tolist(), notes={"all": "no responses"})
+    return ScoreMetrics(
+        0,
+        scale_min,
+        scale_max,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        np.zeros((k, k), dtype=int).tolist(),
+        notes={"all": "no responses"},
+    )
 
 
 def _point_score_metrics(
-    h: np.ndarray, m: np.ndarray, scale_min: int, scale_max: int, *, tolerance: int, smd_method: SmdMethod,
+    h: np.ndarray,
+    m: np.ndarray,
+    scale_min: int,
+    scale_max: int,
+    *,
+    tolerance: int,
+    smd_method: SmdMethod,
     constant_prediction: ConstantPolicy,
 ) -> ScoreMetrics:
     """The point estimates (no intervals) of ``n >= 1`` responses, with a note for each undefined value."""
@@ -245,13 +276,27 @@ def score_metrics_with_replicates(
     check_in_scale(m, labels, "machine")
     if len(h) == 0:
         return _empty_score_metrics(scale_min, scale_max), {}
-    out = _point_score_metrics(h, m, scale_min, scale_max, tolerance=tolerance, smd_method=smd_method,
-                               constant_prediction=constant_prediction)
+    out = _point_score_metrics(
+        h,
+        m,
+        scale_min,
+        scale_max,
+        tolerance=tolerance,
+        smd_method=smd_method,
+        constant_prediction=constant_prediction,
+    )
     reps: dict[str, np.ndarray] = {}
     if n_boot > 0 and len(h) >= 2:
         reps = bootstrap_score_metrics(
-            h, m, scale_min, scale_max, n_boot=n_boot, seed=seed, tolerance=tolerance,
-            smd_method=smd_method, constant_prediction=constant_prediction,
+            h,
+            m,
+            scale_min,
+            scale_max,
+            n_boot=n_boot,
+            seed=seed,
+            tolerance=tolerance,
+            smd_method=smd_method,
+            constant_prediction=constant_prediction,
         )
         out.ci = {k: percentile_interval(v, ci) for k, v in reps.items()}
         for k, iv in out.ci.items():

@@ -101,8 +101,9 @@ def check_request(req: ReportRequest) -> None:
     if req.against is not None and (req.pred is None or req.n_boot < 1):
         raise RequestError("needs --pred FILE (the scorer compared) and --n-boot >= 1", "against")
     if req.human_human == (req.pred is not None):
-        raise RequestError("give either --pred FILE or --human-human (rater 2 as the scorer), not both/neither",
-                           "pred")
+        raise RequestError(
+            "give either --pred FILE or --human-human (rater 2 as the scorer), not both/neither", "pred"
+        )
     if req.rater2 and req.format != "table":
         raise RequestError("only for --format table (the dataset loaders know their raters)", "rater2")
     if req.split is not None and req.subset not in SPLITS:
@@ -132,12 +133,15 @@ def read_gold(req: ReportRequest, registry: TaskRegistry) -> list[Record]:
     if req.split is not None:
         records = apply_split(records, req.split)[req.subset]
     if not records:
-        raise InputError("no gold records" + (f" in the '{req.subset}' split" if req.split else ""), file=req.gold)
+        raise InputError(
+            "no gold records" + (f" in the '{req.subset}' split" if req.split else ""), file=req.gold
+        )
     return records
 
 
-def _scorer(req: ReportRequest, records: list[Record], registry: TaskRegistry
-            ) -> tuple[list[Record], list[Predicted], str, str]:
+def _scorer(
+    req: ReportRequest, records: list[Record], registry: TaskRegistry
+) -> tuple[list[Record], list[Predicted], str, str]:
     """(gold, predictions, machine label, default title): the predictions file, or rater 2."""
     if req.human_human:
         gold, preds = rater2_as_predictions(records)
@@ -148,13 +152,23 @@ def _scorer(req: ReportRequest, records: list[Record], registry: TaskRegistry
     return records, read_predictions(req.pred, registry), req.pred.stem, "Reliability report"
 
 
-def write_comparison(req: ReportRequest, gold: list[Record], predictions: list[Predicted], registry: TaskRegistry,
-                     label_a: str) -> tuple[Comparison, Path]:
+def write_comparison(
+    req: ReportRequest, gold: list[Record], predictions: list[Predicted], registry: TaskRegistry, label_a: str
+) -> tuple[Comparison, Path]:
     """``against``: the paired comparison of the two scorers, written to ``comparison.json``."""
     assert req.against is not None
-    cmp = compare_systems(gold, predictions, read_predictions(req.against, registry), registry, n_boot=req.n_boot,
-                          ci=req.ci, seed=req.seed, constant_prediction=req.constant_prediction,
-                          label_a=label_a, label_b=req.against.stem)
+    cmp = compare_systems(
+        gold,
+        predictions,
+        read_predictions(req.against, registry),
+        registry,
+        n_boot=req.n_boot,
+        ci=req.ci,
+        seed=req.seed,
+        constant_prediction=req.constant_prediction,
+        label_a=label_a,
+        label_b=req.against.stem,
+    )
     req.out.mkdir(parents=True, exist_ok=True)
     path = req.out / "comparison.json"
     path.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
@@ -167,20 +181,38 @@ def run_report(req: ReportRequest) -> ReportRun:
     registry = TaskRegistry.from_dir(req.tasks)
     gold, predictions, label, default_title = _scorer(req, read_gold(req, registry), registry)
     rep = evaluate(
-        gold, predictions, registry, threshold=req.threshold, tolerance=req.tolerance, smd_method=req.smd_method,
-        constant_prediction=req.constant_prediction, n_boot=req.n_boot, ci=req.ci, seed=req.seed,
-        group_column=req.group_column, missing="drop" if req.allow_missing else "error",
+        gold,
+        predictions,
+        registry,
+        threshold=req.threshold,
+        tolerance=req.tolerance,
+        smd_method=req.smd_method,
+        constant_prediction=req.constant_prediction,
+        n_boot=req.n_boot,
+        ci=req.ci,
+        seed=req.seed,
+        group_column=req.group_column,
+        missing="drop" if req.allow_missing else "error",
         compare_rater2=not req.human_human,
         readiness=ReadinessThresholds(req.min_qwk, req.max_qwk_drop, req.max_abs_smd),
-        title=req.title or default_title, machine_label=label,
+        title=req.title or default_title,
+        machine_label=label,
     )
-    rep.settings.update(gold=str(req.gold), gold_format=req.format, predictions=str(req.pred) if req.pred else None,
-                        human_human=req.human_human, split=str(req.split) if req.split else None,
-                        subset=req.subset if req.split else None, tasks=str(req.tasks))
+    rep.settings.update(
+        gold=str(req.gold),
+        gold_format=req.format,
+        predictions=str(req.pred) if req.pred else None,
+        human_human=req.human_human,
+        split=str(req.split) if req.split else None,
+        subset=req.subset if req.split else None,
+        tasks=str(req.tasks),
+    )
     fmt_list = [f.strip() for f in req.formats.split(",") if f.strip()]
     run = ReportRun(report=rep, written=write_report(rep, req.out, formats=fmt_list, plots=req.plots))
     if req.rsmeval_dir is not None:
-        run.rsmeval_files = write_rsmeval_inputs(gold, predictions, registry, req.rsmeval_dir, description=rep.title)
+        run.rsmeval_files = write_rsmeval_inputs(
+            gold, predictions, registry, req.rsmeval_dir, description=rep.title
+        )
     if req.against is not None:
         run.comparison, run.comparison_path = write_comparison(req, gold, predictions, registry, label)
     return run
