@@ -23,7 +23,7 @@ from rubricate.metrics import (
 )
 from rubricate.metrics.readiness import judge_item
 from rubricate.report import write_report
-from rubricate.tasks import TaskRegistry, task_from_dict
+from rubricate.tasks import TaskRegistry
 
 # --------------------------------------------------------------------------------------------------------
 # Hand-computed example
@@ -39,27 +39,23 @@ M1 = [0, 0, 0, 1] + [1] * 4 + [1, 2, 2, 2]
 H2 = [1, 1, 2, 2]
 
 
-def _registry() -> TaskRegistry:
-    return TaskRegistry(
-        [
-            task_from_dict(
-                {
-                    "id": "t1",
-                    "title": "T1",
-                    "question": "q",
-                    "rubric": {"scales": [{"id": "score", "min": 0, "max": 2}]},
-                }
-            ),
-            task_from_dict(
-                {
-                    "id": "t2",
-                    "title": "T2",
-                    "question": "q",
-                    "rubric": {"scales": [{"id": "score", "min": 1, "max": 4}]},
-                }
-            ),
-        ]
-    )
+#: the two tasks as task files: t1 on 0-2, t2 on 1-4
+TASK_FILES = {
+    t: f"id: {t}\ntitle: T\nquestion: q\nrubric:\n  scales:\n    - {{id: score, min: {lo}, max: {hi}}}\n"
+    for t, lo, hi in (("t1", 0, 2), ("t2", 1, 4))
+}
+
+
+def _tasks_dir(tmp_path: Path) -> Path:
+    tdir = tmp_path / "tasks"
+    tdir.mkdir(exist_ok=True)
+    for t, text in TASK_FILES.items():
+        (tdir / f"{t}.yaml").write_text(text)
+    return tdir
+
+
+def _registry(tmp_path: Path) -> TaskRegistry:
+    return TaskRegistry.from_dir(_tasks_dir(tmp_path))
 
 
 def _data() -> tuple[list[Record], list[dict]]:
@@ -73,9 +69,9 @@ def _data() -> tuple[list[Record], list[dict]]:
     return recs, preds
 
 
-def test_readiness_hand_computed_with_and_without_rater2() -> None:
+def test_readiness_hand_computed_with_and_without_rater2(tmp_path: Path) -> None:
     recs, preds = _data()
-    rep = evaluate(recs, preds, _registry(), n_boot=0)
+    rep = evaluate(recs, preds, _registry(tmp_path), n_boot=0)
     r = rep.readiness
     assert (r.min_qwk, r.max_qwk_drop, r.max_abs_smd) == (0.70, 0.10, 0.15)
     t1, t2 = r.items
@@ -92,7 +88,7 @@ def test_readiness_hand_computed_with_and_without_rater2() -> None:
     assert operational_readiness(rep, ReadinessThresholds(max_qwk_drop=0.8)).n_pass == 2
     assert (
         evaluate(
-            recs, preds, _registry(), n_boot=0, readiness=ReadinessThresholds(min_qwk=1.01)
+            recs, preds, _registry(tmp_path), n_boot=0, readiness=ReadinessThresholds(min_qwk=1.01)
         ).readiness.n_pass
         == 0
     )
@@ -120,7 +116,7 @@ def test_readiness_boundaries(qwk_value: float, drop: float | None, smd: float, 
 
 def test_readiness_table_in_markdown_and_html(tmp_path: Path) -> None:
     recs, preds = _data()
-    rep = evaluate(recs, preds, _registry(), n_boot=0)
+    rep = evaluate(recs, preds, _registry(tmp_path), n_boot=0)
     out = write_report(rep, tmp_path / "o", formats=["md", "html"], plots=False)
     md = out["md"].read_text()
     assert "## Operational readiness" in md and "1 of 2 items pass all three." in md
@@ -146,7 +142,7 @@ def test_rsmeval_files_columns_config_and_values(tmp_path: Path) -> None:
     recs, preds = _data()
     recs[1].rater2 = None  # a response scored once: empty sc2
     preds[0]["scores"] = {"score": 2}
-    paths = write_rsmeval_inputs(recs, preds, _registry(), tmp_path / "rsm", description="demo")
+    paths = write_rsmeval_inputs(recs, preds, _registry(tmp_path), tmp_path / "rsm", description="demo")
     assert sorted(p.name for p in paths) == ["t1.csv", "t1.json", "t2.csv", "t2.json"]
     rows = _read_csv(tmp_path / "rsm" / "t1.csv")
     assert rows[0] == ["spkitemid", "sc1", "system", "sc2"]
@@ -172,35 +168,14 @@ def test_rsmeval_files_columns_config_and_values(tmp_path: Path) -> None:
 
 
 def test_cli_report_readiness_options_and_rsmeval_dir(tmp_path: Path) -> None:
-    tdir = tmp_path / "tasks"
-    tdir.mkdir()
-    for t in ("t1", "t2"):
-        lo, hi = (0, 2) if t == "t1" else (1, 4)
-        (tdir / f"{t}.yaml").write_text(
-            f"id: {t}\ntitle: T\nquestion: q\nrubric:\n  scales:\n    - {{id: score, min: {lo}, max: {hi}}}\n"
-        )
+    tdir = _tasks_dir(tmp_path)
     recs, preds = _data()
     gold = write_records(recs, tmp_path / "gold.jsonl")
     pred = tmp_path / "p.jsonl"
     pred.write_text("".join(json.dumps(p) + "\n" for p in preds))
-    args = [
-        "report",
-        "--gold",
-        str(gold),
-        "--pred",
-        str(pred),
-        "--tasks",
-        str(tdir),
-        "--out",
-        str(tmp_path / "o"),
-        "--n-boot",
-        "0",
-        "--formats",
-        "json",
-        "--no-plots",
-        "--rsmeval-dir",
-        str(tmp_path / "rsm"),
-    ]
+    args = ["report", *f"--n-boot 0 --formats json --no-plots --tasks {tdir}".split()]
+    args += ["--gold", str(gold), "--pred", str(pred), "--out", str(tmp_path / "o")]
+    args += ["--rsmeval-dir", str(tmp_path / "rsm")]
     res = CliRunner().invoke(app, args + ["--max-qwk-drop", "0.8"])
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -228,3 +203,16 @@ def test_seed_scheme_is_named_and_documented() -> None:
     assert b.label_seed(3) == 5 + 3 * b.label_task_stride
     seeds = {b.scale_seed(t, s, st) for t in range(20) for s in range(5) for st in Stream}
     assert len(seeds) == 20 * 5 * 3  # no two streams share a seed
+
+
+def test_read_predictions_reads_parquet_through_the_shared_table_reader(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rubricate.metrics import read_predictions
+
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"task_id": ["t1", "t2"], "response_id": ["a", "b"], "score": [2, None]}), path)
+    rows = read_predictions(path, _registry(tmp_path))
+    assert [(p.key, p.scores) for p in rows] == [(("t1", "a"), {"score": 2}), (("t2", "b"), {})]
+    assert rows[0].source == f"{path}:1"  # Parquet rows are numbered from 1

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rubricate.data.jsonl import iter_jsonl
 from rubricate.data.records import Record
 from rubricate.errors import InputError
 from rubricate.tasks import Task, TaskRegistry
@@ -185,26 +184,89 @@ def _int_score(v: object, path: Path, line: int, column: str) -> int:
     return int(f)
 
 
+def _jsonl_prediction(d: dict[str, Any], path: Path, line: int) -> Predicted:
+    """One JSONL row: ``scores`` (or a lone ``score``), ``probs``; a failed agent row has no scores."""
+    for col in ("task_id", "response_id"):
+        if d.get(col) in (None, ""):
+            raise InputError("missing field", file=path, line=line, column=col)
+    scores_raw = d.get("scores")
+    if scores_raw is None and "score" in d:
+        scores_raw = {"score": d["score"]}
+    if scores_raw is None:
+        scores_raw = {}
+    if not isinstance(scores_raw, dict):
+        raise InputError("'scores' must be an object", file=path, line=line, column="scores")
+    scores = (
+        {}
+        if d.get("status") == "failed"
+        else {
+            str(k): _int_score(v, path, line, f"scores.{k}") for k, v in scores_raw.items() if v is not None
+        }
+    )
+    probs_raw = d.get("probs")
+    probs = None
+    if probs_raw:
+        if not isinstance(probs_raw, dict):
+            raise InputError("'probs' must be an object", file=path, line=line, column="probs")
+        probs = {}
+        for k, v in probs_raw.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise InputError(
+                    f"probability must be a number in [0, 1], got {v!r}",
+                    file=path,
+                    line=line,
+                    column=f"probs.{k}",
+                )
+            probs[str(k)] = float(v)
+    return Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}")
+
+
+def _blank(v: object) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, float) and math.isnan(v))
+
+
+def _flat_prediction(
+    d: dict[str, Any], header: Sequence[str], tasks: TaskRegistry | None, path: Path, line: int
+) -> Predicted:
+    """One CSV/TSV/Parquet row: an integer column per label key; an empty cell is a missing score."""
+    tid = str(d["task_id"]).strip()
+    keys = [c for c in header if c not in ("task_id", "response_id")]
+    if tasks is not None and tid in tasks:
+        keys = [c for c in keys if c in tasks.get(tid).label_keys]
+    scores = {
+        c: _int_score(d[c].strip() if isinstance(d[c], str) else d[c], path, line, c)
+        for c in keys
+        if not _blank(d[c])
+    }
+    return Predicted(tid, str(d["response_id"]).strip(), scores, None, f"{path}:{line}")
+
+
 def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> list[Predicted]:
-    """Read a predictions file: JSONL rows or a flat CSV/TSV.
+    """Read a predictions file (any :mod:`rubricate.data.tables` format): JSONL rows or a flat table.
 
     * JSONL (``.jsonl``/``.ndjson``/``.json``): ``{task_id, response_id, scores: {key: int}, probs: {label:
       p}}`` - what ``rubricate predict`` and the agents write. Agent rows with ``status: "failed"`` (or a
       ``null`` score) are kept as predictions without scores: they count as missing, never as 0. A row with
       only ``score`` (no ``scores``) is read as ``{"score": score}``. Other fields are ignored.
-    * CSV/TSV: columns ``task_id, response_id`` plus one integer column per scale or criterion id. With a
-      task registry, only the row's task's label keys are read (other columns such as ``text`` are
+    * CSV/TSV/Parquet: columns ``task_id, response_id`` plus one integer column per scale or criterion id.
+      With a task registry, only the row's task's label keys are read (other columns such as ``text`` are
       ignored); without one, every other column is read as a score. An empty cell is a missing score.
 
-    Errors name the file, line and field; a duplicate ``(task_id, response_id)`` is an error.
+    Errors name the file, (physical) line and field; a duplicate ``(task_id, response_id)`` is an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("predictions file not found", file=path)
-    out: list[Predicted] = []
-    seen: dict[tuple[str, str], int] = {}
+    from rubricate.data.tables import detect_format, require_columns, strict_rows
 
-    def add(p: Predicted, line: int) -> None:
+    path = Path(path)
+    header, rows = strict_rows(path)
+    flat = detect_format(path) != "jsonl"
+    if flat:
+        require_columns(path, header or [], ["task_id", "response_id"])
+    out: list[Predicted] = []
+    seen: dict[Key, int] = {}
+    for line, d in rows:
+        if flat and all(_blank(v) for v in d.values()):
+            continue
+        p = _flat_prediction(d, header or [], tasks, path, line) if flat else _jsonl_prediction(d, path, line)
         if tasks is not None and p.task_id not in tasks:
             raise InputError(
                 f"unknown task '{p.task_id}' (known: {tasks.ids[:20]})",
@@ -221,72 +283,4 @@ def read_predictions(path: str | Path, tasks: TaskRegistry | None = None) -> lis
             )
         seen[p.key] = line
         out.append(p)
-
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        for line, d in iter_jsonl(path):
-            for col in ("task_id", "response_id"):
-                if d.get(col) in (None, ""):
-                    raise InputError("missing field", file=path, line=line, column=col)
-            scores_raw = d.get("scores")
-            if scores_raw is None and "score" in d:
-                scores_raw = {"score": d["score"]}
-            if scores_raw is None:
-                scores_raw = {}
-            if not isinstance(scores_raw, dict):
-                raise InputError("'scores' must be an object", file=path, line=line, column="scores")
-            failed = d.get("status") == "failed"
-            scores = (
-                {}
-                if failed
-                else {
-                    str(k): _int_score(v, path, line, f"scores.{k}")
-                    for k, v in scores_raw.items()
-                    if v is not None
-                }
-            )
-            probs_raw = d.get("probs")
-            probs = None
-            if probs_raw:
-                if not isinstance(probs_raw, dict):
-                    raise InputError("'probs' must be an object", file=path, line=line, column="probs")
-                probs = {}
-                for k, v in probs_raw.items():
-                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                        raise InputError(
-                            f"probability must be a number in [0, 1], got {v!r}",
-                            file=path,
-                            line=line,
-                            column=f"probs.{k}",
-                        )
-                    probs[str(k)] = float(v)
-            add(Predicted(str(d["task_id"]), str(d["response_id"]), scores, probs, f"{path}:{line}"), line)
-        return out
-    if suffix not in (".csv", ".tsv", ".tab"):
-        raise InputError(f"unknown predictions file type '{suffix}' (use .jsonl or .csv/.tsv)", file=path)
-    import csv
-
-    sep = "," if suffix == ".csv" else "\t"
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=sep)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError("empty file", file=path, line=1) from None
-        for col in ("task_id", "response_id"):
-            if col not in header:
-                raise InputError(f"missing column (columns: {header})", file=path, line=1, column=col)
-        for row in reader:
-            line = reader.line_num
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise InputError(f"{len(row)} fields, the header has {len(header)}", file=path, line=line)
-            d = dict(zip(header, row))
-            tid = d["task_id"].strip()
-            keys = [c for c in header if c not in ("task_id", "response_id")]
-            if tasks is not None and tid in tasks:
-                keys = [c for c in keys if c in tasks.get(tid).label_keys]
-            scores = {c: _int_score(d[c].strip(), path, line, c) for c in keys if d[c].strip() != ""}
-            add(Predicted(tid, d["response_id"].strip(), scores, None, f"{path}:{line}"), line)
     return out
