@@ -28,6 +28,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
+from rubricate.metrics.formulas import qwk
 
 DecoderKind = Literal["threshold", "qwk_cuts", "distribution"]
 DECODER_KINDS: tuple[str, ...] = ("threshold", "qwk_cuts", "distribution")
@@ -94,13 +95,6 @@ def cut_scores(expected: np.ndarray, cuts: Sequence[float], lo: int) -> np.ndarr
     return lo + np.searchsorted(np.asarray(cuts, dtype=np.float64), np.asarray(expected), side="right")
 
 
-def _qwk(y: np.ndarray, p: np.ndarray, lo: int, hi: int) -> float:
-    from sklearn.metrics import cohen_kappa_score
-
-    k = cohen_kappa_score(y, p, weights="quadratic", labels=list(range(lo, hi + 1)))
-    return float("nan") if math.isnan(k) else float(k)
-
-
 def fit_qwk_cuts(expected: np.ndarray, gold: np.ndarray, lo: int, hi: int, args: DecoderArguments) -> list[float]:
     """Cut points on the expected score maximising ``QWK - shrinkage * mean((c - c0)^2)`` (module docstring)."""
     c0 = np.asarray(rounding_cuts(lo, hi))
@@ -110,7 +104,7 @@ def fit_qwk_cuts(expected: np.ndarray, gold: np.ndarray, lo: int, hi: int, args:
     grid = np.arange(lo, hi + args.grid_step / 2, args.grid_step)
 
     def objective(c: np.ndarray) -> float:
-        q = _qwk(gold, cut_scores(expected, c, lo), lo, hi)
+        q = qwk(gold, cut_scores(expected, c, lo), lo, hi)
         return (-math.inf if math.isnan(q) else q) - args.shrinkage * float(np.mean((c - c0) ** 2))
 
     best = objective(cuts)
