@@ -400,7 +400,10 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
         p.requires_grad_(True)
     save_model(model, tok, out_dir, checkpoint_document(
         model, registry, encodings, recipe, metrics, model_id=Path(out_dir).name or "student",
-        extra={"history": doc.get("history", []), "adapt_history": summary["history"]}))
+        # the base checkpoint's decoder carries over: old tasks keep their cut points, a new task decodes with
+        # the decoder's default for a task without cuts (rubricate.student.decoding.Decoder.decode_scores)
+        extra={"history": doc.get("history", []), "adapt_history": summary["history"],
+               "decoder": doc.get("decoder")}))
     (Path(out_dir) / "adaptation.json").write_text(json.dumps(result.to_dict(), indent=2, default=str),
                                                    encoding="utf-8")
     return result
