@@ -76,6 +76,35 @@ class FakeScorer:
         return out
 
 
+class ZeroScorer(FakeScorer):
+    """Always scores 0 on the main scale: with agents that score higher, every response is a disagreement."""
+
+    def predict(self, task_ids, texts, batch_size=64, response_ids=None) -> list[FakePrediction]:
+        out = super().predict(task_ids, texts, batch_size, response_ids)
+        for p in out:
+            p.scores = {**p.scores, "score": 0}
+        return out
+
+
+def serve_in_thread(app, log_level: str = "warning"):
+    """Run ``app`` with uvicorn on a free loopback port in a daemon thread: ``(server, thread, base_url)``."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.02)
+    return srv, th, f"http://127.0.0.1:{port}"
+
+
 def fake_agent_runner(score_offset: int = 1):
     """An agents runner that quotes the first 3 words as evidence and scores student+offset (capped)."""
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from rubricate.serve import db
 from rubricate.serve.app import create_app
 from rubricate.serve.settings import ServeSettings, load_settings
-from serve_fakes import FakeScorer, fake_agent_runner
+from serve_fakes import FakeScorer, ZeroScorer, fake_agent_runner
 
 S3CRET, OTHER = "s3cret-token-0123456789", "other-token-0123456789"  # at least min_token_length
 TABLES = (db.Response, db.Prediction, db.Review, db.ReviewDecision, db.AgentResultRow, db.Job)
@@ -220,14 +220,7 @@ def test_agents_disagreement_is_queued(make) -> None:
         return [{"task_id": r.task_id, "response_id": r.response_id, "status": "ok", "score": 2, "scores": {"score": 2},
                  "components": {}, "mode": mode} for r in records]
 
-    class Zero(FakeScorer):
-        def predict(self, task_ids, texts, batch_size=64, response_ids=None):
-            out = super().predict(task_ids, texts, batch_size, response_ids)
-            for p in out:
-                p.scores = {**p.scores, "score": 0}
-            return out
-
-    with TestClient(make(agent_runner=runner, scorer=Zero())) as c:
+    with TestClient(make(agent_runner=runner, scorer=ZeroScorer())) as c:
         res = c.post("/v1/agents/score", json={"items": [item(1)]}).json()["results"][0]
         assert res["review_ids"]
         q = c.get("/v1/reviews").json()["items"]

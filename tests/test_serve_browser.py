@@ -8,10 +8,6 @@ else to the test's temp dir. Skips when Chromium or Playwright is missing, sayin
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,7 @@ from sqlalchemy import select
 from rubricate.serve import db
 from rubricate.serve.app import create_app
 from rubricate.serve.settings import ServeSettings
-from serve_fakes import FakeScorer, fake_agent_runner
+from serve_fakes import FakeScorer, fake_agent_runner, serve_in_thread
 
 CHROMIUM = os.environ.get("RUBRICATE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,23 +25,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
     pytest.importorskip("playwright", reason="the playwright Python package is not installed")
     tmp = tmp_path_factory.mktemp("browser")
     app = create_app(ServeSettings(database_url=f"sqlite:///{tmp}/web.db"), scorer=FakeScorer(),
                      agent_runner=fake_agent_runner(score_offset=2))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield app, f"http://127.0.0.1:{port}", tmp
+    srv, th, base = serve_in_thread(app)
+    yield app, base, tmp
     srv.should_exit = True
     th.join(timeout=10)
 

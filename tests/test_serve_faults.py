@@ -6,7 +6,6 @@ its directory removed. Nothing may be acknowledged (200) that a restart cannot f
 from __future__ import annotations
 
 import shutil
-import socket
 import stat
 import threading
 import time
@@ -19,7 +18,7 @@ from sqlalchemy import select
 from rubricate.serve import db
 from rubricate.serve.app import create_app
 from rubricate.serve.settings import ServeSettings
-from serve_fakes import FakeScorer
+from serve_fakes import FakeScorer, serve_in_thread
 
 CLIENTS = 4
 
@@ -74,18 +73,8 @@ class Load:
 
 
 def _serve(url: str):
-    import uvicorn
-
     app = create_app(ServeSettings(database_url=url), scorer=FakeScorer())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    while not srv.started:
-        time.sleep(0.02)
-    return app, srv, th, f"http://127.0.0.1:{port}"
+    return (app, *serve_in_thread(app, log_level="critical"))
 
 
 def _stored(url: str) -> dict[str, int]:

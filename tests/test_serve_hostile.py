@@ -9,7 +9,6 @@ skipped the id limit, and the CLI created databases on read paths and printed tr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 from pathlib import Path
@@ -22,7 +21,7 @@ from rubricate.errors import InputError
 from rubricate.serve import db
 from rubricate.serve.app import create_app
 from rubricate.serve.settings import ServeSettings, load_settings
-from serve_fakes import FakeScorer, fake_agent_runner
+from serve_fakes import FakeScorer, ZeroScorer, fake_agent_runner
 
 TOKEN = "a-long-enough-token-0123"
 
@@ -289,14 +288,7 @@ def test_markdown_tables_in_questions_are_rendered(make) -> None:
 
 # -- 12. the review card holds everything a decision needs ---------------------------------------------------
 def test_review_card_shows_task_rubric_distribution_evidence_and_history(make) -> None:
-    class Zero(FakeScorer):
-        def predict(self, task_ids, texts, batch_size=64, response_ids=None):
-            out = super().predict(task_ids, texts, batch_size, response_ids)
-            for p in out:
-                p.scores = {**p.scores, "score": 0}
-            return out
-
-    with TestClient(make(scorer=Zero(), agent_runner=fake_agent_runner(score_offset=2))) as c:
+    with TestClient(make(scorer=ZeroScorer(), agent_runner=fake_agent_runner(score_offset=2))) as c:
         c.post("/v1/agents/score", json={"items": [item(1, text="Gas A and D have the same density")]})
         html = c.get("/reviews").text
         for expected in ("Which gases could be the same substance", "Uses density as the evidence", "Both",
