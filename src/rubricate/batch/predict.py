@@ -35,6 +35,7 @@ from rubricate.batch import outputs as o
 from rubricate.data.tables import FORMATS, Position, Row, Table, detect_format, open_table, require_columns
 from rubricate.data.text import text_problem
 from rubricate.errors import InputError
+from rubricate.serve.settings import REVIEW_CONFIDENCE
 
 PROGRESS_VERSION = 1
 
@@ -45,7 +46,7 @@ class PredictOptions:
 
     chunk_size: int = 1000  #: rows read, scored and committed together (memory bound and resume granularity)
     batch_size: int = 64  #: rows per model forward pass
-    review_confidence: float = 0.6  #: needs_review = confidence < this
+    review_confidence: float = REVIEW_CONFIDENCE  #: needs_review = confidence < this (the server's default)
     task_column: str = "task_id"
     text_column: str = "text"
     id_column: str = "response_id"  #: when the column is absent, ids are "line-<n>" ("row-<n>" for Parquet)
