@@ -301,3 +301,41 @@ def test_review_card_shows_task_rubric_distribution_evidence_and_history(make) -
         decided = c.get("/reviews?status=all").text
         assert "Override with these scores" not in decided and "Decisions" in decided and "ann" in decided
         assert "Decided: <strong>accepted</strong>" in decided
+
+
+def test_concurrent_double_submit_stores_one_decision(make) -> None:
+    import threading
+
+    from rubricate.serve.validation import Conflict
+
+    with TestClient(make()) as c:
+        reviews = c.app.state.ctx.reviews
+        ids = [r["review_id"] for r in c.post("/v1/score", json={"items": [item(i, text=f"unsure {i}")
+                                                                           for i in range(5)]}).json()["results"]]
+        for rid in ids:
+            barrier, outcomes = threading.Barrier(2), []
+
+            def submit(rater: str) -> None:
+                barrier.wait()
+                try:
+                    reviews.decide(rid, "accept", rater)
+                    outcomes.append("ok")
+                except Conflict:
+                    outcomes.append("409")
+
+            threads = [threading.Thread(target=submit, args=(r,)) for r in ("ann", "bob")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(outcomes) == ["409", "ok"], outcomes
+        with db.make_sessionmaker(c.app.state.engine)() as s:
+            assert s.scalar(select(func.count()).select_from(db.ReviewDecision)) == len(ids)
+
+
+def test_login_form_never_500(make) -> None:
+    with TestClient(make(tokens=[TOKEN]), raise_server_exceptions=False) as c:
+        for token, nxt in (("\ud800", "/"), (" " + TOKEN, "//evil"), ("", "\u202e"), (TOKEN, "/reviews?x=\udfff")):
+            r = c.post("/login", content=f"token={token}&next={nxt}".encode("utf-8", "surrogatepass"),
+                       headers={"content-type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+            assert r.status_code in (303, 401, 422), (token, nxt, r.status_code)
