@@ -67,9 +67,7 @@ def open_database(settings: ServeSettings) -> db.Database:
     """Migrate (unless disabled) and open the database; a database that cannot be used is one clear error."""
     if settings.migrate:
         db.upgrade(settings.database_url)
-    database = db.Database(settings.database_url)
-    database.guard.remember()
-    return database
+    return db.Database(settings.database_url)
 
 
 def create_app(settings: ServeSettings | None = None, *, scorer: ScorerLike | None = None,

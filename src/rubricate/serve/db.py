@@ -299,7 +299,9 @@ class WriteGuard:
             return f"the database file {self.path} no longer exists"
         except OSError as e:
             return f"cannot stat {self.path}: {e.strerror}"
-        if self.identity is not None and (st.st_dev, st.st_ino) != self.identity:
+        if self.identity is None:  # created by the first connection (migrations off): remember it now
+            self.identity = (st.st_dev, st.st_ino)
+        if (st.st_dev, st.st_ino) != self.identity:
             return f"the database file {self.path} was replaced while the server was running"
         if not _writable(self.path):
             return f"the database file {self.path} is read-only"
