@@ -35,7 +35,7 @@ def test_export_writes_graphs_and_a_passing_parity_report(exported: Path) -> Non
 
 def test_engine_matches_torch_on_mixed_tasks_and_new_shapes(exported: Path) -> None:
     from rubricate.student.export import OnnxEngine, max_prob_difference
-    from rubricate.student.modeling import load_model
+    from rubricate.student.checkpoint import load_model
 
     model, tok, _ = load_model(exported)
     texts = ["acid rain", "the gas a and d are the same because the density is equal " * 3, "x"]
@@ -72,8 +72,8 @@ def test_scorer_backends_agree(exported: Path) -> None:
 
 
 def test_quantize_torch_int8_replaces_linear_layers(exported: Path) -> None:
-    from rubricate.student.export import quantize_torch_int8
-    from rubricate.student.modeling import load_model
+    from rubricate.student.inference import quantize_torch_int8
+    from rubricate.student.checkpoint import load_model
 
     model, _, _ = load_model(exported)
     q = quantize_torch_int8(model)
@@ -151,7 +151,8 @@ def test_real_minilm_student_meets_both_tolerances(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     from rubricate.student.export import export_checkpoint
-    from rubricate.student.modeling import StudentConfig, StudentModel, resolve_encoder, save_model
+    from rubricate.student.checkpoint import save_model
+    from rubricate.student.modeling import StudentConfig, StudentModel, resolve_encoder
 
     torch.manual_seed(0)
     model = StudentModel.from_encoder(StudentConfig(task_ids=["a", "b", "c"], n_labels=[3, 2, 4], encoder="minilm"))
@@ -164,7 +165,7 @@ def test_real_minilm_student_meets_both_tolerances(tmp_path: Path) -> None:
 def test_light_tokenizer_matches_the_checkpoint_tokenizer(exported: Path) -> None:
     from transformers import AutoTokenizer
 
-    from rubricate.student.export import LightTokenizer
+    from rubricate.student.checkpoint import LightTokenizer
 
     texts = ["Gas A and D, the SAME density!", "x", "the " * 200, "ünïcode 😀 text"]
     ref = AutoTokenizer.from_pretrained(str(exported))(texts, truncation=True, max_length=64)["input_ids"]
@@ -177,7 +178,7 @@ def test_export_of_a_model_with_task_layers_keeps_parity(tmp_path: Path) -> None
     """A task with its own top encoder layer: the traced graph runs the copy on every row and selects,
     the torch model skips it on other tasks' rows; both must agree on mixed-task batches."""
     from rubricate.student.export import OnnxEngine, export_checkpoint, max_prob_difference
-    from rubricate.student.modeling import load_model, save_model
+    from rubricate.student.checkpoint import load_model, save_model
 
     ck = make_tiny_checkpoint(tmp_path / "base")
     model, tok, doc = load_model(ck)
@@ -198,7 +199,7 @@ def test_export_of_a_model_with_task_layers_keeps_parity(tmp_path: Path) -> None
         ref, _ = model.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor([0, 1, 1]))
     assert max_prob_difference(ref.numpy(), logits, np.array([0, 1, 1]), model.config.n_labels) <= 1e-4
     # torch dynamic int8 copies the model: its hooks must route through the copy's quantized task layers
-    from rubricate.student.export import quantize_torch_int8
+    from rubricate.student.inference import quantize_torch_int8
 
     q = quantize_torch_int8(model)
     assert "quantized" in type(q.task_layers[0][0].intermediate.dense).__module__

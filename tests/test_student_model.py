@@ -9,7 +9,7 @@ import torch
 
 from rubricate.student.modeling import MoEBlock, StudentConfig, StudentModel, TaskAwareGate
 from rubricate.student.tiny import make_tiny_encoder, make_tiny_tokenizer
-from rubricate.student.trainer import bce_loss, distillation_loss, load_balancing_loss
+from rubricate.student.losses import bce_loss, distillation_loss, load_balancing_loss
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_tiny_tokenizer_covers_any_word(tmp_path) -> None:
 
 
 def test_early_stopping_waits_for_a_signal_then_counts_patience() -> None:
-    from rubricate.student.trainer import EarlyStopping
+    from rubricate.student.losses import EarlyStopping
 
     es = EarlyStopping(patience=2, floor=0.0)
     # a collapsed start (constant predictions: kappa 0) is not overfitting: never stopped there
@@ -236,7 +236,7 @@ def test_task_layers_two_deep_and_two_tasks_and_survive_deepcopy(encoder_dir: st
 
 
 def test_task_layers_round_trip_through_a_checkpoint(encoder_dir: str, tmp_path) -> None:
-    from rubricate.student.modeling import load_model, save_model
+    from rubricate.student.checkpoint import load_model, save_model
     from transformers import AutoTokenizer
 
     cfg = StudentConfig(task_ids=["a", "b"], n_labels=[3, 2], encoder=encoder_dir)
@@ -251,3 +251,47 @@ def test_task_layers_round_trip_through_a_checkpoint(encoder_dir: str, tmp_path)
         assert torch.equal(loaded(ids, mask, tidx).logits, model(ids, mask, tidx).logits)
     with pytest.raises(ValueError, match="not in task_ids"):
         StudentConfig(task_ids=["a"], n_labels=[2], task_layers={"z": 1})
+
+
+def test_run_batched_sorts_by_length_and_restores_the_input_order() -> None:
+    """One batched-inference helper: batches hold rows of similar length; outputs come back in input order."""
+    import numpy as np
+
+    from rubricate.student.inference import pad_ids, run_batched
+
+    seqs = [[1] * n for n in (5, 1, 3, 8, 2)]
+    seen: list[list[int]] = []
+
+    def forward(rows: list[int]):
+        seen.append(rows)
+        ids, mask = pad_ids([seqs[i] for i in rows], pad_id=0)
+        assert ids.shape == (len(rows), max(len(seqs[i]) for i in rows))
+        return mask.sum(axis=1, keepdims=True).astype(np.float32), None
+
+    logits, gates = run_batched([len(s) for s in seqs], 2, forward, width=1)
+    assert seen == [[1, 4], [2, 0], [3]]
+    assert logits[:, 0].tolist() == [5, 1, 3, 8, 2] and gates is None
+
+
+def test_task_agreement_uses_the_reports_qwk_and_is_nan_when_undefined() -> None:
+    """The early-stopping QWK is ``metrics.formulas.qwk``: NaN (not 0) for constant gold scores."""
+    import math
+
+    import numpy as np
+
+    from rubricate.labels import LabelEncoding
+    from rubricate.metrics.formulas import qwk
+    from rubricate.student.trainer import task_agreement
+    from rubricate.tasks import task_from_dict
+
+    task = task_from_dict({"id": "q", "title": "q", "question": "Why?",
+                           "rubric": {"scales": [{"id": "score", "min": 0, "max": 3}]}})
+    enc = LabelEncoding.from_task(task)
+    sc = task.primary_scale
+    gold = [sc.min, sc.max, sc.min + 1, sc.max]
+    targets = np.array([enc.encode({sc.id: g}) for g in gold], dtype=np.float32)
+    probs = np.clip(targets[[0, 1, 1, 3]], 0.05, 0.95)  # decodes to the gold scores of rows 0, 1, 1, 3
+    pred = [gold[i] for i in (0, 1, 1, 3)]
+    assert task_agreement(enc, sc.id, probs, targets, 0.5) == pytest.approx(qwk(gold, pred, sc.min, sc.max))
+    constant = np.repeat(targets[:1], 4, axis=0)
+    assert math.isnan(task_agreement(enc, sc.id, probs, constant, 0.5))

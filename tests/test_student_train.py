@@ -369,3 +369,57 @@ def test_mpnet_architecture_trains_round_trips_and_exports(tmp_path) -> None:
     for p, q in zip(a, c):
         assert p.scores == q.scores
         assert max(abs(p.probs[k] - q.probs[k]) for k in p.probs) <= 1e-4
+
+
+def test_evaluate_checkpoint_writes_predictions_and_the_report(setup, tmp_path) -> None:
+    """``rubricate evaluate``'s library function: one prediction per scored row, in order, beside the report."""
+    from rubricate.data.records import write_records
+    from rubricate.student.arguments import EvaluateOptions
+    from rubricate.student.evaluation import evaluate_checkpoint
+
+    rows = setup["va"][:30]
+    data = write_records(rows, tmp_path / "va.jsonl")
+    run = evaluate_checkpoint(setup["res"].checkpoint_dir, data, tmp_path / "out",
+                              options=EvaluateOptions(subset="all", backend="torch"))
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert run.n_predictions == len(lines) == len(rows)
+    assert [(p["task_id"], p["response_id"]) for p in lines] == [(r.task_id, r.response_id) for r in rows]
+    assert run.paths["predictions"] == tmp_path / "out" / "predictions.jsonl"
+    assert (tmp_path / "out" / "report.json").exists()
+
+
+def test_cli_option_defaults_are_the_library_defaults() -> None:
+    """Every add-task / teach llm / evaluate option that names a dataclass field defaults to that field's default."""
+    import dataclasses
+    import inspect
+
+    from rubricate.cli import student as cli
+    from rubricate.student.arguments import AdaptArguments, EvaluateOptions, LLMTeacherArguments
+
+    cases = [(cli.add_task_cmd, AdaptArguments, {"teacher": "teacher_file"}),
+             (cli.teach_llm, LLMTeacherArguments, {}), (cli.evaluate_cmd, EvaluateOptions, {})]
+    for fn, cls, renamed in cases:
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        checked = 0
+        for name, p in inspect.signature(fn).parameters.items():
+            field_name = renamed.get(name, name)
+            if field_name in defaults and p.default.default is not ...:
+                assert p.default.default == defaults[field_name], (fn.__name__, name)
+                checked += 1
+        assert checked >= min(3, len(defaults)), fn.__name__
+    # the drift this replaced: `teach llm` used lora_alpha = 2 * lora_r whatever the dataclass said
+    assert inspect.signature(cli.teach_llm).parameters["lora_alpha"].default.default == LLMTeacherArguments.lora_alpha
+
+
+def test_recipe_model_keys_are_defined_once_in_model_options() -> None:
+    """TrainingArguments inherits the architecture keys; the checkpoint config gets exactly those values."""
+    import dataclasses
+
+    from rubricate.student.configuration import ModelOptions
+
+    names = [f.name for f in dataclasses.fields(ModelOptions)]
+    args = TrainingArguments(method="mtl", n_experts=3, dropout=0.2, max_length=96)
+    cfg = args.model_config(["a"], [2])
+    assert {n: getattr(cfg, n) for n in names} == {n: getattr(args, n) for n in names}
+    assert cfg.n_experts == 3 and cfg.dropout == 0.2 and cfg.max_length == 96 and not cfg.use_moe
+    assert TrainingArguments(method="unimoe").model_config(["a"], [2]).use_moe

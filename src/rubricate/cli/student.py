@@ -1,18 +1,32 @@
-"""Student verbs: ``train``, ``teach specialists|import|llm``, ``add-task``, ``evaluate``.
+"""Student verbs: ``train``, ``teach specialists|students|mix|import|llm``, ``add-task``, ``evaluate``.
 
-Each verb is a thin wrapper around one library function in ``rubricate.student``; torch and
-transformers are imported inside the functions so that ``rubricate --help`` stays fast.
+Each verb is a few lines around one library function in ``rubricate.student``; every option default is read
+from that function's argument dataclass (``rubricate.student.arguments``) or signature, never retyped. The
+argument module is torch-free and torch/transformers are imported inside the verbs, so ``rubricate --help``
+stays fast.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
+from rubricate.student import teachers as T
+from rubricate.student.arguments import AdaptArguments as A
+from rubricate.student.arguments import EvaluateOptions as E
+from rubricate.student.arguments import LLMTeacherArguments as L
+from rubricate.student.arguments import TrainingArguments
+
 teach_app = typer.Typer(help="Produce a teacher-outputs file (soft labels) for distillation.", no_args_is_help=True)
+
+
+def _default(fn: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of a library function (for options without an argument dataclass)."""
+    return inspect.signature(fn).parameters[name].default
 
 
 def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -28,13 +42,10 @@ def _parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _records_and_split(data: Path, tasks: Path, split: Optional[Path]):
-    from rubricate.student.trainer import load_records, split_records
-    from rubricate.tasks import TaskRegistry
-
-    registry = TaskRegistry.from_dir(tasks)
-    records = load_records(data, registry)
-    return registry, records, split_records(records, split, registry)
+def _recipe(recipe: Path, set_: list[str] | None, **fixed: Any) -> TrainingArguments:
+    """A recipe with ``fixed`` keys (where given) and then the ``--set`` overrides applied."""
+    return TrainingArguments.from_yaml(recipe, {**{k: v for k, v in fixed.items() if v is not None},
+                                                **_parse_overrides(set_)})
 
 
 def train_cmd(
@@ -43,16 +54,10 @@ def train_cmd(
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Checkpoint directory (overrides the recipe)."),
 ) -> None:
     """Train a student (Individual / MTL / UniMoE / UniMoE-Guided) from a recipe."""
-    from rubricate.student.trainer import TrainingArguments, train
+    from rubricate.student.trainer import train
 
-    overrides = _parse_overrides(set_)
-    if output_dir is not None:
-        overrides["output_dir"] = str(output_dir)
-    args = TrainingArguments.from_yaml(recipe, overrides)
-    res = train(args)
-    typer.echo(json.dumps({"checkpoint": str(res.checkpoint_dir),
-                           "val_mean_agreement": (res.metrics.get("val") or {}).get("mean_agreement",
-                                                                                    res.metrics.get("val_mean_agreement"))},
+    res = train(_recipe(recipe, set_, output_dir=str(output_dir) if output_dir else None))
+    typer.echo(json.dumps({"checkpoint": str(res.checkpoint_dir), "val_mean_agreement": res.val_mean_agreement},
                           default=str))
 
 
@@ -62,19 +67,21 @@ def teach_specialists(
     tasks: Path = typer.Option(..., "--tasks", "-t", exists=True, help="Task folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Teacher file to write (JSONL)."),
     split: Optional[Path] = typer.Option(None, "--split", help="Split file; default: the default split made now."),
-    kind: str = typer.Option("tfidf", "--kind", help="'tfidf' (word+char n-grams + logistic regression) or 'encoder'."),
-    folds: int = typer.Option(5, "--folds", help="K of the cross-fitting."),
-    encoder: str = typer.Option("minilm", "--encoder", help="kind=encoder: 'minilm', 'mpnet' or a HF directory."),
-    epochs: float = typer.Option(3.0, "--epochs", help="kind=encoder: epochs per fold."),
-    seed: int = typer.Option(42, "--seed"),
+    kind: str = typer.Option(_default(T.cross_fit_specialists, "kind"), "--kind",
+                             help="'tfidf' (word+char n-grams + logistic regression) or 'encoder'."),
+    folds: int = typer.Option(_default(T.cross_fit_specialists, "folds"), "--folds", help="K of the cross-fitting."),
+    encoder: str = typer.Option(TrainingArguments.encoder, "--encoder",
+                                help="kind=encoder: 'minilm', 'mpnet' or a HF directory."),
+    epochs: float = typer.Option(TrainingArguments.epochs, "--epochs", help="kind=encoder: epochs per fold."),
+    seed: int = typer.Option(_default(T.cross_fit_specialists, "seed"), "--seed"),
 ) -> None:
     """Cross-fitted per-task specialists: each training row is predicted by a model that never saw it."""
-    from rubricate.student.teachers import cross_fit_specialists
+    from rubricate.student.data import read_split
 
-    registry, _, parts = _records_and_split(data, tasks, split)
+    registry, parts = read_split(data, tasks, split)
     options = {"encoder": encoder, "epochs": epochs} if kind == "encoder" else {}
-    p = cross_fit_specialists(registry, parts["train"], out, kind=kind, folds=folds, seed=seed,  # type: ignore[arg-type]
-                              predict_records=parts["validation"] + parts["test"], options=options)
+    p = T.cross_fit_specialists(registry, parts["train"], out, kind=kind, folds=folds,  # type: ignore[arg-type]
+                                seed=seed, predict_records=parts["validation"] + parts["test"], options=options)
     typer.echo(str(p))
 
 
@@ -83,19 +90,13 @@ def teach_students(
     recipe: Path = typer.Option(..., "--recipe", "-r", exists=True, dir_okay=False,
                                 help="Recipe of the fold students (method mtl or unimoe; its data + split)."),
     out: Path = typer.Option(..., "--out", "-o", help="Teacher file to write (JSONL)."),
-    folds: int = typer.Option(3, "--folds", help="K of the cross-fitting (K models, each trained on K-1 folds)."),
+    folds: int = typer.Option(T.STUDENT_FOLDS, "--folds",
+                              help="K of the cross-fitting (K models, each trained on K-1 folds)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a recipe key: KEY=VALUE."),
 ) -> None:
     """Cross-fitted multi-task students as a teacher: each training row predicted by a model that never saw it."""
-    from rubricate.student.teachers import cross_fit_students
-    from rubricate.student.trainer import TrainingArguments, resolve_inputs_with_test
-
-    overrides = {"output_dir": str(out.with_suffix(".folds")), **_parse_overrides(set_)}
-    args = TrainingArguments.from_yaml(recipe, overrides)
-    registry, parts = resolve_inputs_with_test(args)
-    typer.echo(str(cross_fit_students(args, registry, parts["train"], out, folds=folds,
-                                      val_records=parts["validation"] or None,
-                                      predict_records=parts["validation"] + parts["test"])))
+    typer.echo(str(T.students_teacher(_recipe(recipe, set_, output_dir=str(out.with_suffix(".folds"))), out,
+                                      folds=folds)))
 
 
 @teach_app.command("mix")
@@ -105,9 +106,7 @@ def teach_mix(
     weights: Optional[list[float]] = typer.Option(None, "--weight", "-w", help="One per file (default: equal)."),
 ) -> None:
     """Weighted mean of several teacher files (e.g. cross-fitted students + TF-IDF), on the rows all cover."""
-    from rubricate.student.teachers import mix_teachers
-
-    typer.echo(str(mix_teachers(teachers, weights or [1.0] * len(teachers), out)))
+    typer.echo(str(T.mix_teachers(teachers, weights or [1.0] * len(teachers), out)))
 
 
 @teach_app.command("import")
@@ -118,19 +117,14 @@ def teach_import(
     out: Path = typer.Option(..., "--out", "-o"),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Check coverage against these records' training split."),
     split: Optional[Path] = typer.Option(None, "--split"),
-    policy: str = typer.Option("ignore_extra", "--policy", help="strict | ignore_extra | allow_missing"),
+    policy: str = typer.Option(T.IMPORT_POLICY, "--policy",
+                               help="strict | ignore_extra | allow_missing"),
     source: Optional[str] = typer.Option(None, "--source", help="Provenance tag written on every row."),
 ) -> None:
     """Import teacher outputs produced elsewhere (e.g. a LoRA-tuned large LLM): validate and re-write."""
-    from rubricate.student.teachers import import_teacher
-    from rubricate.tasks import TaskRegistry
-
-    registry = TaskRegistry.from_dir(tasks)
-    records = None
-    if data is not None:
-        registry, _, parts = _records_and_split(data, tasks, split)
-        records = parts["train"]
-    typer.echo(str(import_teacher(src, registry, out, records=records, policy=policy, source=source)))  # type: ignore[arg-type]
+    p = T.import_teacher_files(src, tasks, out, data=data, split=split, policy=policy,  # type: ignore[arg-type]
+                               source=source)
+    typer.echo(str(p))
 
 
 @teach_app.command("llm")
@@ -140,25 +134,25 @@ def teach_llm(
     data: Path = typer.Option(..., "--data", "-d", exists=True),
     tasks: Path = typer.Option(..., "--tasks", "-t", exists=True),
     out: Path = typer.Option(..., "--out", "-o"),
-    gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="GGUF file name inside --model-dir."),
+    gguf_file: Optional[str] = typer.Option(L.gguf_file, "--gguf-file", help="GGUF file name inside --model-dir."),
     split: Optional[Path] = typer.Option(None, "--split"),
-    folds: int = typer.Option(1, "--folds", help=">= 2: cross-fitted; 1: training rows predicted in-sample."),
-    epochs: float = typer.Option(1.0, "--epochs"),
-    lr: float = typer.Option(2e-4, "--lr"),
-    lora_r: int = typer.Option(8, "--lora-r"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_length: int = typer.Option(256, "--max-length"),
-    device: str = typer.Option("auto", "--device"),
+    folds: int = typer.Option(L.folds, "--folds", help=">= 2: cross-fitted; 1: training rows predicted in-sample."),
+    epochs: float = typer.Option(L.epochs, "--epochs"),
+    lr: float = typer.Option(L.lr, "--lr"),
+    lora_r: int = typer.Option(L.lora_r, "--lora-r"),
+    lora_alpha: int = typer.Option(L.lora_alpha, "--lora-alpha", help="LoRA scaling numerator (alpha / r)."),
+    batch_size: int = typer.Option(L.batch_size, "--batch-size"),
+    max_length: int = typer.Option(L.max_length, "--max-length"),
+    device: str = typer.Option(L.device, "--device"),
 ) -> None:
     """LLM classifier teacher: causal LM + classification head + LoRA adapters (peft)."""
-    from rubricate.student.teachers import LLMTeacherArguments, train_llm_teacher
+    from rubricate.student.data import read_split
 
-    registry, _, parts = _records_and_split(data, tasks, split)
-    args = LLMTeacherArguments(model_dir=model_dir, gguf_file=gguf_file, folds=folds, epochs=epochs, lr=lr,
-                               lora_r=lora_r, lora_alpha=2 * lora_r, batch_size=batch_size, max_length=max_length,
-                               device=device)
-    typer.echo(str(train_llm_teacher(args, registry, parts["train"], out,
-                                     predict_records=parts["validation"] + parts["test"])))
+    registry, parts = read_split(data, tasks, split)
+    args = L(model_dir=model_dir, gguf_file=gguf_file, folds=folds, epochs=epochs, lr=lr, lora_r=lora_r,
+             lora_alpha=lora_alpha, batch_size=batch_size, max_length=max_length, device=device)
+    typer.echo(str(T.train_llm_teacher(args, registry, parts["train"], out,
+                                       predict_records=parts["validation"] + parts["test"])))
 
 
 def add_task_cmd(
@@ -172,54 +166,39 @@ def add_task_cmd(
     old_tasks: Optional[Path] = typer.Option(None, "--old-tasks", exists=True, help="Task folder of --old-data "
                                              "(default: the checkpoint's task snapshot)."),
     old_split: Optional[Path] = typer.Option(None, "--old-split"),
-    mode: str = typer.Option("moe", "--mode", help="'moe' (experts + gate + new head), 'head' (new head only) or "
+    mode: str = typer.Option(A.mode, "--mode", help="'moe' (experts + gate + new head), 'head' (new head only) or "
                              "'branch' (the new task's own copy of the encoder's top layers + new head; old tasks "
                              "untouched)."),
-    rehearsal_size: int = typer.Option(800, "--rehearsal-size"),
-    epochs: float = typer.Option(6.0, "--epochs"),
-    lr: float = typer.Option(1e-3, "--lr", help="Learning rate of the new head(s)."),
-    lr_moe: Optional[float] = typer.Option(None, "--lr-moe", help="Learning rate of the MoE and the new task "
+    rehearsal_size: int = typer.Option(A.rehearsal_size, "--rehearsal-size"),
+    epochs: float = typer.Option(A.epochs, "--epochs"),
+    lr: float = typer.Option(A.lr, "--lr", help="Learning rate of the new head(s)."),
+    lr_moe: Optional[float] = typer.Option(A.lr_moe, "--lr-moe", help="Learning rate of the MoE and the new task "
                                            "embedding (default: --lr)."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", exists=True, help="Teacher file for the new task(s)."),
-    lambda_kd: float = typer.Option(0.0, "--lambda-kd", help="Distillation weight (with --teacher)."),
-    lambda_self_kd: float = typer.Option(1.0, "--lambda-self-kd", help="Self-distillation weight on the rehearsal "
-                                         "rows (the old tasks' outputs before add-task are the targets)."),
-    self_kd_temperature: float = typer.Option(1.0, "--self-kd-temperature"),
-    train_encoder_layers: int = typer.Option(0, "--train-encoder-layers", help="Also train the encoder's last K "
-                                             "layers (0 = frozen encoder, the paper's recipe)."),
-    lr_encoder: float = typer.Option(5e-5, "--lr-encoder", help="Learning rate of those encoder layers (or of "
-                                     "the copies with --mode branch)."),
-    branch_layers: int = typer.Option(1, "--branch-layers", help="With --mode branch: how many of the encoder's "
-                                      "top layers the new task gets its own copy of."),
-    seed: int = typer.Option(42, "--seed"),
+    teacher: Optional[Path] = typer.Option(A.teacher_file, "--teacher", exists=True,
+                                           help="Teacher file for the new task(s)."),
+    lambda_kd: float = typer.Option(A.lambda_kd, "--lambda-kd", help="Distillation weight (with --teacher)."),
+    lambda_self_kd: float = typer.Option(A.lambda_self_kd, "--lambda-self-kd", help="Self-distillation weight on "
+                                         "the rehearsal rows (the old tasks' outputs before add-task are the "
+                                         "targets)."),
+    self_kd_temperature: float = typer.Option(A.self_kd_temperature, "--self-kd-temperature"),
+    train_encoder_layers: int = typer.Option(A.train_encoder_layers, "--train-encoder-layers", help="Also train "
+                                             "the encoder's last K layers (0 = frozen encoder, the paper's recipe)."),
+    lr_encoder: float = typer.Option(A.lr_encoder, "--lr-encoder", help="Learning rate of those encoder layers (or "
+                                     "of the copies with --mode branch)."),
+    branch_layers: int = typer.Option(A.branch_layers, "--branch-layers", help="With --mode branch: how many of "
+                                      "the encoder's top layers the new task gets its own copy of."),
+    seed: int = typer.Option(A.seed, "--seed"),
 ) -> None:
     """Add a task to a trained student; prints the trainable share and the forgetting report."""
-    from rubricate.student.adapt import AdaptArguments, add_task
-    from rubricate.student.trainer import load_records, split_records
-    from rubricate.tasks import TaskRegistry
+    from rubricate.student.adapt import add_task_from_files
 
-    new_reg = TaskRegistry.from_dir(task)
-    recs = load_records(data, new_reg)
-    parts = split_records(recs, split, new_reg)
-    old_train, old_eval = [], []
-    if old_data is not None:
-        if old_tasks is not None:
-            old_reg = TaskRegistry.from_dir(old_tasks)
-        else:
-            cfg = json.loads((model / "config.json").read_text(encoding="utf-8"))
-            old_reg = TaskRegistry.from_snapshot(cfg["tasks"])
-        op = split_records(load_records(old_data, old_reg), old_split, old_reg)
-        old_train, old_eval = op["train"], op["validation"]
-    args = AdaptArguments(mode=mode, rehearsal_size=rehearsal_size, epochs=epochs, lr=lr,  # type: ignore[arg-type]
-                          lr_moe=lr_moe, teacher_file=str(teacher) if teacher else None, lambda_kd=lambda_kd,
-                          lambda_self_kd=lambda_self_kd, self_kd_temperature=self_kd_temperature,
-                          train_encoder_layers=train_encoder_layers, lr_encoder=lr_encoder,
-                          branch_layers=branch_layers, seed=seed)
-    res = add_task(model, list(new_reg), parts["train"], parts["validation"], out, old_train_records=old_train,
-                   old_eval_records=old_eval, args=args)
-    d = res.to_dict()
-    d.pop("history", None)
-    typer.echo(json.dumps(d, indent=2, default=str))
+    args = A(mode=mode, rehearsal_size=rehearsal_size, epochs=epochs, lr=lr, lr_moe=lr_moe,  # type: ignore[arg-type]
+             teacher_file=str(teacher) if teacher else None, lambda_kd=lambda_kd, lambda_self_kd=lambda_self_kd,
+             self_kd_temperature=self_kd_temperature, train_encoder_layers=train_encoder_layers,
+             lr_encoder=lr_encoder, branch_layers=branch_layers, seed=seed)
+    res = add_task_from_files(model, task, data, out, split=split, old_data=old_data, old_tasks=old_tasks,
+                              old_split=old_split, args=args)
+    typer.echo(json.dumps({k: v for k, v in res.to_dict().items() if k != "history"}, indent=2, default=str))
 
 
 def evaluate_cmd(
@@ -228,39 +207,17 @@ def evaluate_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for predictions.jsonl and the report."),
     tasks: Optional[Path] = typer.Option(None, "--tasks", "-t", help="Task folder (default: the checkpoint's snapshot)."),
     split: Optional[Path] = typer.Option(None, "--split", help="Split file; with --subset picks the rows."),
-    subset: str = typer.Option("test", "--subset", help="train | validation | test | all"),
-    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnx"),
+    subset: str = typer.Option(E.subset, "--subset", help="train | validation | test | all"),
+    backend: str = typer.Option(E.backend, "--backend", help="auto | torch | onnx"),
 ) -> None:
     """Predict a split with a student and write predictions + a reliability report."""
-    from rubricate.student.scorer import Scorer
-    from rubricate.student.trainer import load_records, split_records
+    from rubricate.student.evaluation import evaluate_checkpoint
 
-    scorer = Scorer.from_pretrained(model, backend=backend)  # type: ignore[arg-type]
-    from rubricate.tasks import TaskRegistry
-
-    registry = TaskRegistry.from_dir(tasks) if tasks else scorer.tasks
-    records = [r for r in load_records(data, registry) if r.task_id in scorer.task_ids]
-    if subset != "all":
-        records = split_records(records, split, registry)[subset]
-    preds = scorer.predict([r.task_id for r in records], [r.text for r in records],
-                           response_ids=[r.response_id for r in records])
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as f:
-        for p in preds:
-            f.write(json.dumps(p.to_dict()) + "\n")
-    from rubricate.metrics import evaluate
-
-    report = evaluate(records, preds, scorer.tasks, title=f"Student {scorer.model_id} on {data.name} ({subset})")
-    try:
-        from rubricate.report import write_report
-
-        paths = write_report(report, out)
-        typer.echo(f"report: {paths}")
-    except ImportError:
-        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-        typer.echo(f"report: {out / 'report.json'}")
-    a = report.across.machine
-    typer.echo(f"mean QWK {a.mean:.4f}  Fisher-z mean QWK {a.fisher_z:.4f}  ({len(preds)} responses)")
+    run = evaluate_checkpoint(model, data, out, tasks=tasks, split=split,
+                              options=E(subset=subset, backend=backend))  # type: ignore[arg-type]
+    typer.echo(f"report: {run.paths}")
+    a = run.report.across.machine
+    typer.echo(f"mean QWK {a.mean:.4f}  Fisher-z mean QWK {a.fisher_z:.4f}  ({run.n_predictions} responses)")
 
 
 def register(app: typer.Typer) -> None:

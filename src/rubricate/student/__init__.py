@@ -12,17 +12,20 @@ from typing import Any
 _EXPORTS = {
     "StudentConfig": "rubricate.student.modeling",
     "StudentModel": "rubricate.student.modeling",
-    "TrainingArguments": "rubricate.student.trainer",
+    "TrainingArguments": "rubricate.student.arguments",
     "TrainResult": "rubricate.student.trainer",
     "train": "rubricate.student.trainer",
     "Scorer": "rubricate.student.scorer",
     "Prediction": "rubricate.student.scorer",
     "add_task": "rubricate.student.adapt",
-    "AdaptArguments": "rubricate.student.adapt",
+    "AdaptArguments": "rubricate.student.arguments",
     "AdaptResult": "rubricate.student.adapt",
     "cross_fit_specialists": "rubricate.student.teachers",
     "import_teacher": "rubricate.student.teachers",
     "train_llm_teacher": "rubricate.student.teachers",
+    "LLMTeacherArguments": "rubricate.student.arguments",
+    "load_checkpoint": "rubricate.student.checkpoint",
+    "evaluate_checkpoint": "rubricate.student.evaluation",
 }
 
 __all__ = sorted(_EXPORTS)

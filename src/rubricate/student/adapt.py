@@ -39,91 +39,32 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from rubricate.data.records import Record
 from rubricate.errors import InputError
-from rubricate.labels import DEFAULT_THRESHOLD, LabelEncoding
-from rubricate.student.modeling import StudentModel, encoder_layers, pad_batch, save_model
-from rubricate.student.trainer import (
+from rubricate.labels import LabelEncoding
+from rubricate.student.arguments import AdaptArguments
+from rubricate.student.checkpoint import checkpoint_document, load_checkpoint, load_tasks, read_document, save_model
+from rubricate.student.data import (
     EncodedSet,
     attach_teacher,
     check_records,
-    checkpoint_document,
     encode_records,
-    fit,
-    load_checkpoint,
-    param_groups,
-    set_seed,
-    task_agreement,
+    load_records,
+    read_split,
+    split_records,
 )
+from rubricate.student.inference import length_batches, pad_batch, run_batched
+from rubricate.student.modeling import StudentModel, encoder_layers
+from rubricate.student.trainer import evaluate_agreement, fit, param_groups, set_seed
 from rubricate.tasks import Task, TaskRegistry
-
-
-@dataclass
-class AdaptArguments:
-    """Every knob of :func:`add_task` (the same names as in ``TrainingArguments`` where they overlap)."""
-
-    mode: Literal["moe", "head", "branch"] = "moe"
-    rehearsal_size: int = 800  #: old-task training rows mixed in (spread evenly over old tasks); moe mode only
-    epochs: float = 6.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    lr: float = 1e-3  #: learning rate of the new head(s)
-    lr_moe: float | None = None  #: learning rate of the MoE blocks and the new task embedding (None = ``lr``)
-    weight_decay: float = 0.01  #: not applied to biases, norms, task embeddings
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    bucket_batches: int = 50
-    lambda_lb: float = 0.01
-    lambda_kd: float = 0.0  #: > 0 with a teacher_file: distil the new task(s)
-    kd_temperature: float = 2.0
-    #: weight of self-distillation on the rehearsal rows: the old-task logits of the model *before* add-task
-    #: are the soft targets (0 = off; moe mode with rehearsal only). Default 1: on ASAP-SAS sets 9-10 it cut
-    #: the largest old-task loss from 0.123 to 0.017 QWK with no loss on the new tasks (docs/benchmarks.md)
-    lambda_self_kd: float = 1.0
-    self_kd_temperature: float = 1.0  #: temperature of that self-distillation term
-    #: train the encoder's last k transformer layers too (0 = the paper's frozen encoder); turns the encoder
-    #: cache off and rehearsal/self-distillation on in both modes, since the old tasks' inputs now move
-    train_encoder_layers: int = 0
-    #: learning rate of those encoder layers (or of the copies in branch mode); half the 1e-4 the ASAP-SAS
-    #: benchmark trains MiniLM with, since shared layers under old tasks should only be nudged
-    lr_encoder: float = 5e-5
-    #: branch mode: how many of the encoder's top layers the new task gets its own copy of
-    branch_layers: int = 1
-    teacher_file: str | None = None
-    teacher_policy: Literal["strict", "ignore_extra", "allow_missing"] = "allow_missing"
-    teacher_eps: float = 1e-4
-    evals_per_epoch: int = 1
-    early_stopping_patience: int = 3
-    min_delta: float = 0.0
-    early_stopping_floor: float = 0.0  #: as in TrainingArguments: no patience while the new task is at chance
-    threshold: float = DEFAULT_THRESHOLD
-    cache_encoder: bool = True
-    seed: int = 42
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("moe", "head", "branch"):
-            raise ValueError(f"mode must be 'moe', 'head' or 'branch', got {self.mode!r}")
-        if self.mode == "branch" and self.train_encoder_layers:
-            raise ValueError("branch mode trains copies of the top layers; train_encoder_layers must be 0")
-        if self.branch_layers < 1:
-            raise ValueError("branch_layers must be >= 1")
-        if self.rehearsal_size < 0:
-            raise ValueError("rehearsal_size must be >= 0")
-        if self.lambda_self_kd < 0 or self.self_kd_temperature <= 0:
-            raise ValueError("lambda_self_kd must be >= 0 and self_kd_temperature > 0")
-        if self.lr_moe is not None and self.lr_moe < 0:
-            raise ValueError("lr_moe must be >= 0")
-        if self.train_encoder_layers < 0 or self.lr_encoder < 0:
-            raise ValueError("train_encoder_layers and lr_encoder must be >= 0")
 
 
 @dataclass
@@ -179,9 +120,7 @@ def cache_hidden(model: StudentModel, data: EncodedSet, pad_id: int, batch_size:
     """Store the frozen encoder's (T_i, H) outputs for every row of ``data``."""
     model.eval()
     hidden: list[torch.Tensor | None] = [None] * len(data)
-    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
-    for s in range(0, len(order), batch_size):
-        rows = order[s: s + batch_size]
+    for rows in length_batches([len(x) for x in data.input_ids], batch_size):
         ids, mask = pad_batch([data.input_ids[i] for i in rows], pad_id)
         h = model.encode(ids, mask, torch.from_numpy(data.task_index[rows]))
         for j, i in enumerate(rows):
@@ -190,18 +129,27 @@ def cache_hidden(model: StudentModel, data: EncodedSet, pad_id: int, batch_size:
 
 
 @torch.no_grad()
+def _logits(model: StudentModel, data: EncodedSet, pad_id: int, batch_size: int,
+            rows: Sequence[int] | None = None) -> np.ndarray:
+    """(len(rows), max_labels) logits of ``data``'s ``rows`` (default all), from cached encoder states when present."""
+    model.eval()
+    rows = list(range(len(data))) if rows is None else list(rows)
+
+    def forward(batch: list[int]) -> tuple[np.ndarray, None]:
+        return _forward_rows(model, data, [rows[j] for j in batch], pad_id).logits.numpy(), None
+
+    return run_batched([len(data.input_ids[i]) for i in rows], batch_size, forward, model.config.max_labels)[0]
+
+
 def _anchor_logits(model: StudentModel, data: EncodedSet, rows: Sequence[int], encodings: dict[str, LabelEncoding],
                    pad_id: int, batch_size: int) -> np.ndarray:
     """(N, max_labels) logits of the current model for ``rows`` (NaN elsewhere and in padding columns)."""
-    model.eval()
     anchor = np.full(data.targets.shape, np.nan, dtype=np.float32)
     rows = list(rows)
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s: s + batch_size]
-        z = _forward_rows(model, data, chunk, pad_id).logits.numpy()
-        for j, i in enumerate(chunk):
-            n = encodings[data.keys[i][0]].n_labels
-            anchor[i, :n] = z[j, :n]
+    z = _logits(model, data, pad_id, batch_size, rows)
+    for j, i in enumerate(rows):
+        n = encodings[data.keys[i][0]].n_labels
+        anchor[i, :n] = z[j, :n]
     return anchor
 
 
@@ -225,118 +173,102 @@ def _forward_rows(model: StudentModel, data: EncodedSet, rows: Sequence[int], pa
     return model(ids, mask, tidx)
 
 
-@torch.no_grad()
-def _agreement(model: StudentModel, data: EncodedSet, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
-               pad_id: int, batch_size: int, threshold: float) -> dict[str, float]:
-    model.eval()
-    n = len(data)
-    logits = np.zeros((n, model.config.max_labels), dtype=np.float32)
-    order = sorted(range(n), key=lambda i: len(data.input_ids[i]))
-    for s in range(0, n, batch_size):
-        rows = order[s: s + batch_size]
-        logits[rows] = _forward_rows(model, data, rows, pad_id).logits.numpy()
-    probs = 1.0 / (1.0 + np.exp(-logits))
-    out = {}
-    for ti, tid in enumerate(model.config.task_ids):
-        rows = np.where(data.task_index == ti)[0]
-        if len(rows):
-            enc = encodings[tid]
-            ps = registry.get(tid).primary_scale
-            out[tid] = task_agreement(enc, ps.id if ps else None, probs[rows, : enc.n_labels],
-                                      data.targets[rows, : enc.n_labels], threshold)
-    return out
+def _agreement(model: StudentModel, data: EncodedSet | None, registry: TaskRegistry,
+               encodings: dict[str, LabelEncoding], pad_id: int, batch_size: int, threshold: float) -> dict[str, float]:
+    """Per-task agreement (``trainer.evaluate_agreement``) on ``data``, with cached encoder states when present."""
+    if data is None:
+        return {}
+    logits = _logits(model, data, pad_id, batch_size)
+    return evaluate_agreement(model, data, registry, encodings, pad_id, batch_size, threshold, logits)["per_task"]
 
 
-def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train_records: Sequence[Record],
-             val_records: Sequence[Record], out_dir: str | Path, *, old_train_records: Sequence[Record] = (),
-             old_eval_records: Sequence[Record] = (), args: AdaptArguments | None = None) -> AdaptResult:
-    """Add ``new_tasks`` to the student at ``checkpoint_dir`` and save the result to ``out_dir``.
+@dataclass
+class _Trainable:
+    """The parameters add-task trains, by group (each group has its own learning rate)."""
 
-    ``train_records``/``val_records`` hold the new task(s)' rows (validation drives early stopping);
-    ``old_train_records`` is the pool for the rehearsal sample; ``old_eval_records`` (old tasks'
-    validation or test rows) measure forgetting before/after.
-    """
-    import time
+    heads: list[tuple[str, torch.nn.Parameter]]
+    shared: list[tuple[str, torch.nn.Parameter]]  # MoE blocks and the task embedding
+    encoder: list[tuple[str, torch.nn.Parameter]]  # trained top encoder layers, or a branch task's copies
+    emb_hook: Any = None  # zeroes the old tasks' embedding gradients
 
-    args = args or AdaptArguments()
-    t0 = time.time()
-    set_seed(args.seed)
-    new_tasks = [new_tasks] if isinstance(new_tasks, Task) else list(new_tasks)
-    model, tok, registry, encodings, doc = load_checkpoint(checkpoint_dir)
-    old_ids = list(model.config.task_ids)
-    for t in new_tasks:
-        if t.id in old_ids:
-            raise InputError(f"task '{t.id}' is already in the model at {checkpoint_dir}")
-        registry.add(t)
-        encodings[t.id] = LabelEncoding.from_task(t)
-    new_ids = [t.id for t in new_tasks]
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    max_len = model.config.max_length
-    check_records(train_records, new_ids, registry, "<new-task training records>")
-    check_records(val_records, new_ids, registry, "<new-task validation records>")
-    if not train_records:
-        raise InputError("no training records for the new task(s)")
-    old_train = [r for r in old_train_records if r.task_id in set(old_ids)]
-    old_eval = [r for r in old_eval_records if r.task_id in set(old_ids)]
-    check_records(old_eval, old_ids, registry, "<old-task evaluation records>")
+    @property
+    def all(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return self.heads + self.shared + self.encoder
 
-    # a trained encoder layer makes cached encoder outputs stale, so the cache is only used when all are frozen
-    use_cache = args.cache_encoder and args.train_encoder_layers == 0 and args.mode != "branch"
-    # 1. old tasks before (with the unchanged model)
-    old_eval_set = encode_records(old_eval, tok, old_ids, encodings, max_len) if old_eval else None
-    if old_eval_set is not None and use_cache:
-        cache_hidden(model, old_eval_set, pad_id, args.eval_batch_size)
-    before = _agreement(model, old_eval_set, registry, encodings, pad_id, args.eval_batch_size,
-                        args.threshold) if old_eval_set is not None else {}
+    def groups(self, args: AdaptArguments) -> list[dict[str, Any]]:
+        groups = param_groups(self.heads, args.lr, args.weight_decay)
+        if self.shared:
+            groups += param_groups(self.shared, args.lr if args.lr_moe is None else args.lr_moe, args.weight_decay)
+        if self.encoder:
+            groups += param_groups(self.encoder, args.lr_encoder, args.weight_decay)
+        return groups
 
-    # 2. grow the model and freeze
+
+def _grow_and_freeze(model: StudentModel, new_tasks: list[Task], encodings: dict[str, LabelEncoding],
+                     args: AdaptArguments) -> _Trainable:
+    """Add the new heads (and branch copies), freeze everything, and unfreeze what ``args.mode`` trains."""
+    n_old = len(model.config.task_ids)
     for t in new_tasks:
         model.add_task(t.id, encodings[t.id].n_labels)
-    all_ids = list(model.config.task_ids)
-    n_old = len(old_ids)
     for p in model.parameters():
         p.requires_grad_(False)
-    head_params: list[tuple[str, torch.nn.Parameter]] = []
-    for i in range(n_old, len(all_ids)):
-        head_params += [(f"heads.{i}.{n}", p) for n, p in model.heads[i].named_parameters()]
-    shared_params: list[tuple[str, torch.nn.Parameter]] = []
-    emb_hook = None
+    tr = _Trainable([], [], [])
+    for i in range(n_old, len(model.config.task_ids)):
+        tr.heads += [(f"heads.{i}.{n}", p) for n, p in model.heads[i].named_parameters()]
     if args.mode in ("moe", "branch") and model.config.use_moe:
         if args.mode == "moe":
-            shared_params += [(f"moe.{n}", p) for n, p in model.moe.named_parameters()]
-        shared_params.append(("task_embedding.weight", model.task_embedding.weight))
-        old_rows = n_old
+            tr.shared += [(f"moe.{n}", p) for n, p in model.moe.named_parameters()]
+        tr.shared.append(("task_embedding.weight", model.task_embedding.weight))
 
         def emb_hook() -> None:  # only the new tasks' embedding rows learn
             g = model.task_embedding.weight.grad
             if g is not None:
-                g[:old_rows] = 0.0
-    encoder_params: list[tuple[str, torch.nn.Parameter]] = []
+                g[:n_old] = 0.0
+        tr.emb_hook = emb_hook
     if args.train_encoder_layers > 0:
         try:
             layers = encoder_layers(model.encoder)
         except ValueError as e:
             raise InputError(f"{e}; use train_encoder_layers=0 with this encoder") from e
         if args.train_encoder_layers > len(layers):
-            raise InputError(f"train_encoder_layers={args.train_encoder_layers} but the encoder has {len(layers)} layers")
-        first = len(layers) - args.train_encoder_layers
-        for li in range(first, len(layers)):
-            encoder_params += [(f"encoder_layer.{li}.{n}", p) for n, p in layers[li].named_parameters()]
+            raise InputError(f"train_encoder_layers={args.train_encoder_layers} but the encoder has "
+                             f"{len(layers)} layers")
+        for li in range(len(layers) - args.train_encoder_layers, len(layers)):
+            tr.encoder += [(f"encoder_layer.{li}.{n}", p) for n, p in layers[li].named_parameters()]
     if args.mode == "branch":
         try:
             for t in new_tasks:
                 copies = model.add_task_layers(t.id, args.branch_layers)
-                encoder_params += [(f"task_layers.{t.id}.{n}", p) for n, p in copies.named_parameters()]
+                tr.encoder += [(f"task_layers.{t.id}.{n}", p) for n, p in copies.named_parameters()]
         except ValueError as e:
             raise InputError(f"add-task --mode branch: {e}") from e
-    trainable = head_params + shared_params + encoder_params
-    for _, p in trainable:
+    for _, p in tr.all:
         p.requires_grad_(True)
-    trainable_ids = {id(p) for _, p in trainable}
-    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in trainable_ids}
-    old_emb_before = model.task_embedding.weight[:n_old].detach().clone() if model.task_embedding is not None else None
+    return tr
 
-    # 3. data: new task rows (+ rehearsal), encoder outputs cached once
+
+def _frozen_snapshot(model: StudentModel, trainable: _Trainable, n_old: int) -> dict[str, torch.Tensor]:
+    """Copies of every frozen tensor (and of the old task-embedding rows), to check after training."""
+    ids = {id(p) for _, p in trainable.all}
+    snap = {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in ids}
+    if model.task_embedding is not None:
+        snap["<old task embeddings>"] = model.task_embedding.weight[:n_old].detach().clone()
+    return snap
+
+
+def _frozen_unchanged(model: StudentModel, snap: dict[str, torch.Tensor], n_old: int) -> bool:
+    params = dict(model.named_parameters())
+    same = all(torch.equal(v, params[n].detach()) for n, v in snap.items() if n in params)
+    if "<old task embeddings>" in snap:
+        same = same and torch.equal(snap["<old task embeddings>"], model.task_embedding.weight[:n_old].detach())
+    return same
+
+
+def _training_sets(model: StudentModel, tok: Any, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
+                   train_records: Sequence[Record], val_records: Sequence[Record], old_train: list[Record],
+                   args: AdaptArguments, use_cache: bool, pad_id: int) -> tuple[EncodedSet, EncodedSet]:
+    """New-task rows (+ a rehearsal sample with self-distillation targets), encoder outputs cached once."""
+    all_ids, max_len = list(model.config.task_ids), model.config.max_length
     shared_moves = args.mode == "moe" or args.train_encoder_layers > 0  # branch mode: nothing shared moves
     rehearsal = rehearsal_sample(old_train, args.rehearsal_size, args.seed) if shared_moves else []
     train_set = encode_records(list(train_records) + rehearsal, tok, all_ids, encodings, max_len)
@@ -351,11 +283,54 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
         # the old tasks' outputs are untouched by adding a head, so the grown model still gives them as before
         train_set.anchor = _anchor_logits(model, train_set, range(len(train_records), len(train_set)), encodings,
                                           pad_id, args.eval_batch_size)
+    return train_set, val_set
 
-    model.train()
+
+def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train_records: Sequence[Record],
+             val_records: Sequence[Record], out_dir: str | Path, *, old_train_records: Sequence[Record] = (),
+             old_eval_records: Sequence[Record] = (), args: AdaptArguments | None = None) -> AdaptResult:
+    """Add ``new_tasks`` to the student at ``checkpoint_dir`` and save the result to ``out_dir``.
+
+    ``train_records``/``val_records`` hold the new task(s)' rows (validation drives early stopping);
+    ``old_train_records`` is the pool for the rehearsal sample; ``old_eval_records`` (old tasks'
+    validation or test rows) measure forgetting before/after.
+    """
+    args = args or AdaptArguments()
+    t0 = time.time()
+    set_seed(args.seed)
+    new_tasks = [new_tasks] if isinstance(new_tasks, Task) else list(new_tasks)
+    model, tok, registry, encodings, doc = load_checkpoint(checkpoint_dir)
+    old_ids = list(model.config.task_ids)
+    for t in new_tasks:
+        if t.id in old_ids:
+            raise InputError(f"task '{t.id}' is already in the model at {checkpoint_dir}")
+        registry.add(t)
+        encodings[t.id] = LabelEncoding.from_task(t)
+    new_ids, n_old = [t.id for t in new_tasks], len(old_ids)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    check_records(train_records, new_ids, registry, "<new-task training records>")
+    check_records(val_records, new_ids, registry, "<new-task validation records>")
+    if not train_records:
+        raise InputError("no training records for the new task(s)")
+    old_train = [r for r in old_train_records if r.task_id in set(old_ids)]
+    old_eval = [r for r in old_eval_records if r.task_id in set(old_ids)]
+    check_records(old_eval, old_ids, registry, "<old-task evaluation records>")
+
+    # a trained encoder layer makes cached encoder outputs stale, so the cache is only used when all are frozen
+    use_cache = args.cache_encoder and args.train_encoder_layers == 0 and args.mode != "branch"
+    old_eval_set = encode_records(old_eval, tok, old_ids, encodings, model.config.max_length) if old_eval else None
+    if old_eval_set is not None and use_cache:
+        cache_hidden(model, old_eval_set, pad_id, args.eval_batch_size)
+    before = _agreement(model, old_eval_set, registry, encodings, pad_id, args.eval_batch_size, args.threshold)
+
+    trainable = _grow_and_freeze(model, new_tasks, encodings, args)
+    frozen = _frozen_snapshot(model, trainable, n_old)
+    train_set, val_set = _training_sets(model, tok, registry, encodings, train_records, val_records, old_train, args,
+                                        use_cache, pad_id)
     # no dropout in the encoder: frozen layers must give their cached outputs, and trained top layers are only
     # nudged (dropout there would also make the self-distillation targets noisy). Branch-mode copies live
     # outside model.encoder and keep their dropout: they are fine-tuned for the new task alone.
+    model.train()
     model.encoder.eval()
 
     def forward(data: EncodedSet, rows: np.ndarray):
@@ -367,32 +342,27 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
         vals = [v for t, v in res.items() if t in new_ids and not math.isnan(v)]
         return {"mean_agreement": float(np.mean(vals)) if vals else float("nan"), "per_task": res}
 
-    groups = param_groups(head_params, args.lr, args.weight_decay)
-    if shared_params:
-        groups += param_groups(shared_params, args.lr if args.lr_moe is None else args.lr_moe, args.weight_decay)
-    if encoder_params:
-        groups += param_groups(encoder_params, args.lr_encoder, args.weight_decay)
-    summary = fit(model, train_set, val_set, args, groups, forward, evaluate,
-                  use_kd=args.lambda_kd > 0 and train_set.teacher is not None, grad_hook=emb_hook,
+    summary = fit(model, train_set, val_set, args, trainable.groups(args), forward, evaluate,
+                  use_kd=args.lambda_kd > 0 and train_set.teacher is not None, grad_hook=trainable.emb_hook,
                   desc=f"add-task {','.join(new_ids)} ({args.mode})", anchor_weight=args.lambda_self_kd,
                   anchor_temperature=args.self_kd_temperature)
 
-    # 4. verify the frozen parts, measure
-    unchanged = all(torch.equal(frozen_before[n], p.detach()) for n, p in model.named_parameters()
-                    if n in frozen_before)
-    if old_emb_before is not None:
-        unchanged = unchanged and torch.equal(old_emb_before, model.task_embedding.weight[:n_old].detach())
-    if not unchanged:
+    if not _frozen_unchanged(model, frozen, n_old):
         raise RuntimeError("a frozen parameter changed during add-task (this is a bug)")
-    new_metrics = {t: v for t, v in evaluate()["per_task"].items() if t in new_ids}
-    after = _agreement(model, old_eval_set, registry, encodings, pad_id, args.eval_batch_size,
-                       args.threshold) if old_eval_set is not None else {}
-    n_train = sum(p.numel() for _, p in trainable)
-    n_total = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for _, p in trainable.all)
     if args.mode in ("moe", "branch") and model.task_embedding is not None:
         n_train -= n_old * model.task_embedding.weight.shape[1]  # old embedding rows are frozen
-    result = AdaptResult(Path(out_dir), args.mode, new_ids, n_train, n_total, new_metrics, before, after,
-                         unchanged, time.time() - t0, summary["history"])
+    result = AdaptResult(Path(out_dir), args.mode, new_ids, n_train, sum(p.numel() for p in model.parameters()),
+                         {t: v for t, v in evaluate()["per_task"].items() if t in new_ids}, before,
+                         _agreement(model, old_eval_set, registry, encodings, pad_id, args.eval_batch_size,
+                                    args.threshold), True, time.time() - t0, summary["history"])
+    _save_adapted(model, tok, registry, encodings, doc, args, result, out_dir)
+    return result
+
+
+def _save_adapted(model: StudentModel, tok: Any, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
+                  doc: dict[str, Any], args: AdaptArguments, result: AdaptResult, out_dir: str | Path) -> None:
+    """The adapted checkpoint (metrics gain an ``adaptation`` entry) and ``adaptation.json``."""
     metrics = dict(doc.get("metrics", {}))
     metrics["adaptation"] = {k: v for k, v in result.to_dict().items() if k != "history"}
     recipe = {"base": doc.get("recipe"), "add_task": asdict(args)}
@@ -402,8 +372,25 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
         model, registry, encodings, recipe, metrics, model_id=Path(out_dir).name or "student",
         # the base checkpoint's decoder carries over: old tasks keep their cut points, a new task decodes with
         # the decoder's default for a task without cuts (rubricate.student.decoding.Decoder.decode_scores)
-        extra={"history": doc.get("history", []), "adapt_history": summary["history"],
-               "decoder": doc.get("decoder")}))
+        extra={"history": doc.get("history", []), "adapt_history": result.history, "decoder": doc.get("decoder")}))
     (Path(out_dir) / "adaptation.json").write_text(json.dumps(result.to_dict(), indent=2, default=str),
                                                    encoding="utf-8")
-    return result
+
+
+def add_task_from_files(checkpoint_dir: str | Path, task: str | Path, data: str | Path, out_dir: str | Path, *,
+                        split: str | Path | None = None, old_data: str | Path | None = None,
+                        old_tasks: str | Path | None = None, old_split: str | Path | None = None,
+                        args: AdaptArguments | None = None) -> AdaptResult:
+    """:func:`add_task` from files (``rubricate add-task``): the new task file(s) and their records, cut by
+    ``split`` (default: made now); ``old_data`` gives the rehearsal pool (its train part) and the forgetting
+    check (its validation part), read with ``old_tasks`` or the checkpoint's own task snapshot."""
+    new_reg, parts = read_split(data, task, split)
+    old_train: list[Record] = []
+    old_eval: list[Record] = []
+    if old_data is not None:
+        old_reg = TaskRegistry.from_dir(old_tasks) if old_tasks is not None else \
+            load_tasks(read_document(checkpoint_dir))[0]
+        old_parts = split_records(load_records(old_data, old_reg), old_split, old_reg)
+        old_train, old_eval = old_parts["train"], old_parts["validation"]
+    return add_task(checkpoint_dir, list(new_reg), parts["train"], parts["validation"], out_dir,
+                    old_train_records=old_train, old_eval_records=old_eval, args=args)

@@ -1,4 +1,5 @@
-"""Student inputs: tokenised records with padded targets, teacher and second-rater targets, length buckets.
+"""Student inputs: records read and split for a recipe, tokenised records with padded targets, teacher and
+second-rater targets, length buckets.
 
 Everything that turns :class:`~rubricate.data.records.Record` objects into tensors-to-be lives here, so that
 the trainer, add-task and the teachers prepare data one way.
@@ -219,3 +220,59 @@ def choose_max_length(tokenizer: Any, records: Sequence[Record], coverage: float
     lens = np.sort([len(x) for x in tokenizer([r.text for r in records], truncation=False)["input_ids"]])
     need = int(lens[min(len(lens) - 1, int(np.ceil(coverage * len(lens))) - 1)])
     return int(min(ceiling, multiple * int(np.ceil(need / multiple))))
+
+
+def resolve_inputs(args: Any, registry: TaskRegistry | None, train_records: Sequence[Record] | None,
+                    val_records: Sequence[Record] | None) -> tuple[TaskRegistry, list[Record], list[Record] | None]:
+    """The registry and the train / validation records of a recipe (``TrainingArguments``), unless passed in."""
+    if registry is None:
+        if not args.tasks:
+            raise InputError("no task registry: set 'tasks' (a task folder or file) in the recipe")
+        registry = TaskRegistry.from_dir(args.tasks)
+    if train_records is None and args.data:
+        parts = split_records(load_records(args.data, registry), args.split, registry)
+        train_records = parts["train"]
+        if val_records is None:
+            val_records = parts["validation"] or None
+    if train_records is None:
+        if not args.train_data:
+            raise InputError("no training data: set 'data' (+ 'split') or 'train_data' in the recipe")
+        train_records = load_records(args.train_data, registry)
+    if val_records is None and args.val_data:
+        val_records = load_records(args.val_data, registry)
+    return registry, list(train_records), (list(val_records) if val_records is not None else None)
+
+
+def resolve_inputs_with_test(args: Any) -> tuple[TaskRegistry, dict[str, list[Record]]]:
+    """A recipe's registry and its train / validation / test records (``data`` + ``split`` recipes)."""
+    if not args.tasks or not args.data:
+        raise InputError("this verb needs a recipe with 'tasks' and 'data' (+ 'split')")
+    registry = TaskRegistry.from_dir(args.tasks)
+    parts = split_records(load_records(args.data, registry), args.split, registry)
+    if args.task_ids:
+        keep = set(args.task_ids)
+        parts = {k: [r for r in v if r.task_id in keep] for k, v in parts.items()}
+    return registry, parts
+
+
+def load_records(path: str | Path, registry: TaskRegistry | None = None) -> list[Record]:
+    """Records from native JSONL or any table ``load_table`` understands (label columns named like label keys)."""
+    from rubricate.data.loaders import load_table
+
+    return load_table(path, registry=registry)
+
+
+def split_records(records: Sequence[Record], split: str | Path | None,
+                  registry: TaskRegistry | None = None) -> dict[str, list[Record]]:
+    """{"train", "validation", "test"} parts: from a split file, or the default stratified split made now."""
+    from rubricate.data.splits import apply_split, make_split
+
+    sp = split if split is not None else make_split(records, registry=registry)
+    return apply_split(records, sp)
+
+
+def read_split(data: str | Path, tasks: str | Path, split: str | Path | None = None,
+               ) -> tuple[TaskRegistry, dict[str, list[Record]]]:
+    """The task folder's registry and the records of ``data`` cut into train / validation / test parts."""
+    registry = TaskRegistry.from_dir(tasks)
+    return registry, split_records(load_records(data, registry), split, registry)

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rubricate.student.inference import run_engine, run_model
+
 ONNX_DIR = "onnx"
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
@@ -33,6 +35,8 @@ REPORT_NAME = "export.json"
 INPUT_NAMES = ["input_ids", "attention_mask", "task_index"]
 OUTPUT_NAMES = ["logits", "gate_weights"]
 
+#: rows per forward in the parity check (torch and ONNX Runtime run the same length-sorted batches)
+PARITY_BATCH_SIZE = 32
 DEFAULT_FP32_TOLERANCE = 1e-4
 DEFAULT_INT8_TOLERANCE = 0.03
 #: MatMuls kept in fp32, step by step, while the int8 graph fails its parity check. Step 1: each transformer
@@ -180,21 +184,6 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path, per_channel: bool = Tru
     return dst, excluded
 
 
-def quantize_torch_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of every ``nn.Linear`` for torch CPU inference (returns a new module)."""
-    import torch
-
-    try:
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError:  # pragma: no cover - very old torch
-        from torch.quantization import quantize_dynamic
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
-        return quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
-
 # --------------------------------------------------------------------------------------------------------
 # ONNX Runtime side
 # --------------------------------------------------------------------------------------------------------
@@ -233,41 +222,6 @@ class OnnxEngine:
         return f"OnnxEngine({self.path})"
 
 
-class LightTokenizer:
-    """The checkpoint's ``tokenizer.json`` through the ``tokenizers`` library alone.
-
-    ``transformers.AutoTokenizer`` imports torch (about 200 MB of resident memory) even when the model
-    runs in ONNX Runtime; this adapter gives the same ids (special tokens come from the file's
-    post-processor, truncation is applied here) with the call shape the Scorer uses:
-    ``tok(texts, truncation=True, max_length=n)["input_ids"]`` and ``tok.pad_token_id``.
-    """
-
-    def __init__(self, checkpoint_dir: str | Path) -> None:
-        from tokenizers import Tokenizer
-
-        d = Path(checkpoint_dir)
-        self.tok = Tokenizer.from_file(str(d / "tokenizer.json"))
-        self.tok.no_padding()
-        self.tok.no_truncation()
-        pad = "[PAD]"
-        cfg = d / "tokenizer_config.json"
-        if cfg.exists():
-            pad = json.loads(cfg.read_text(encoding="utf-8")).get("pad_token") or pad
-            pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
-        self.pad_token_id = self.tok.token_to_id(pad)
-
-    def __call__(self, texts: Sequence[str], truncation: bool = True, max_length: int | None = None,
-                 **_: Any) -> dict[str, list[list[int]]]:
-        if truncation and max_length:
-            self.tok.enable_truncation(max_length)
-        else:
-            self.tok.no_truncation()
-        return {"input_ids": [e.ids for e in self.tok.encode_batch(list(texts))]}
-
-    def __len__(self) -> int:
-        return self.tok.get_vocab_size()
-
-
 # --------------------------------------------------------------------------------------------------------
 # parity
 # --------------------------------------------------------------------------------------------------------
@@ -275,41 +229,13 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
-def parity_inputs(tokenizer: Any, texts: Sequence[str], n_tasks: int, max_length: int) -> dict[str, np.ndarray]:
-    """Every text paired with every task index (so each head is checked), tokenized and padded."""
-    rows_text, rows_task = [], []
-    for t in range(n_tasks):
-        for s in texts:
-            rows_text.append(s)
-            rows_task.append(t)
-    enc = tokenizer(rows_text, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64),
-            "task_index": np.asarray(rows_task, dtype=np.int64)}
-
-
-def torch_outputs(model: Any, inputs: dict[str, np.ndarray], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    logits, gates = [], []
-    with torch.no_grad():
-        for i in range(0, len(inputs["task_index"]), batch_size):
-            sl = slice(i, i + batch_size)
-            z, g = model.forward_padded(torch.from_numpy(inputs["input_ids"][sl]),
-                                        torch.from_numpy(inputs["attention_mask"][sl]),
-                                        torch.from_numpy(inputs["task_index"][sl]))
-            logits.append(z.float().numpy())
-            gates.append(g.float().numpy())
-    return np.concatenate(logits), np.concatenate(gates)
-
-
-def engine_outputs(engine: OnnxEngine, inputs: dict[str, np.ndarray], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    logits, gates = [], []
-    for i in range(0, len(inputs["task_index"]), batch_size):
-        sl = slice(i, i + batch_size)
-        z, g = engine.run(inputs["input_ids"][sl], inputs["attention_mask"][sl], inputs["task_index"][sl])
-        logits.append(z)
-        gates.append(g)
-    return np.concatenate(logits), np.concatenate(gates)
+def parity_inputs(tokenizer: Any, texts: Sequence[str], n_tasks: int,
+                  max_length: int) -> tuple[list[list[int]], np.ndarray]:
+    """Every text paired with every task index (so each head is checked): (token ids per row, task index)."""
+    rows_text = [s for _ in range(n_tasks) for s in texts]
+    rows_task = [t for t in range(n_tasks) for _ in texts]
+    ids = tokenizer(rows_text, truncation=True, max_length=max_length)["input_ids"]
+    return [list(x) for x in ids], np.asarray(rows_task, dtype=np.int64)
 
 
 def max_prob_difference(logits_a: np.ndarray, logits_b: np.ndarray, task_index: np.ndarray,
@@ -338,6 +264,26 @@ def _texts_from_doc(doc: dict[str, Any]) -> list[str]:
     return [s for s in out if s.strip()][:12]
 
 
+def _int8_until_parity(fp32_path: Path, int8_path: Path, difference: Any, int8_exclude: str | None,
+                       fallback: bool, tolerance: float, per_channel: bool,
+                       reduce_range: bool) -> tuple[Path, list[str], str | None, float, float, int]:
+    """Quantize with the user's pattern, then (while parity fails) with each of :data:`INT8_FALLBACK_STEPS` added.
+
+    Returns (int8 path, excluded nodes, the pattern used, its max |dprob|, the first attempt's, attempts).
+    """
+    steps = INT8_FALLBACK_STEPS if fallback else ()
+    patterns = [int8_exclude] + [f"({int8_exclude})|{s}" if int8_exclude else s for s in steps]
+    first: float | None = None
+    for attempts, exclude in enumerate(patterns, start=1):
+        out, excluded = quantize_onnx_int8(fp32_path, int8_path, per_channel=per_channel, reduce_range=reduce_range,
+                                           exclude=exclude)
+        d8 = difference(out)
+        first = d8 if first is None else first
+        if d8 <= tolerance:
+            break
+    return out, excluded, exclude, d8, first, attempts
+
+
 def export_checkpoint(
     checkpoint_dir: str | Path,
     *,
@@ -361,7 +307,7 @@ def export_checkpoint(
     added (the report says so and keeps the first attempt's difference). ``strict``: raise :class:`ParityError`
     (after writing the report) when a difference exceeds its tolerance.
     """
-    from rubricate.student.modeling import load_model
+    from rubricate.student.checkpoint import load_model
 
     t0 = time.perf_counter()
     ckpt = Path(checkpoint_dir)
@@ -371,12 +317,16 @@ def export_checkpoint(
     export_model(model, fp32_path, opset=opset)
 
     texts = list(parity_texts) if parity_texts else (_texts_from_doc(doc) + _FALLBACK_TEXTS)
-    inputs = parity_inputs(tokenizer, texts, len(cfg.task_ids), cfg.max_length)
-    ref_logits, ref_gates = torch_outputs(model, inputs)
-    fp32 = OnnxEngine(fp32_path)
-    z32, g32 = engine_outputs(fp32, inputs)
-    d32 = max_prob_difference(ref_logits, z32, inputs["task_index"], cfg.n_labels)
-    dgate = float(np.abs(ref_gates - g32).max()) if ref_gates.size else 0.0
+    ids, tidx = parity_inputs(tokenizer, texts, len(cfg.task_ids), cfg.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def onnx_logits(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        return run_engine(OnnxEngine(path), ids, tidx, pad_id, cfg.max_labels, PARITY_BATCH_SIZE)
+
+    ref_logits, ref_gates = run_model(model, ids, tidx, pad_id, PARITY_BATCH_SIZE)
+    z32, g32 = onnx_logits(fp32_path)
+    d32 = max_prob_difference(ref_logits, z32, tidx, cfg.n_labels)
+    dgate = float(np.abs(ref_gates - g32).max()) if ref_gates is not None and g32 is not None else 0.0
     sizes = {FP32_NAME: fp32_path.stat().st_size / 2**20}
 
     d8: float | None = None
@@ -386,26 +336,19 @@ def export_checkpoint(
     exclude: str | None = None
     attempts = 0
     if int8:
-        # the user's pattern first, then (while parity fails) each fallback step added to it
-        steps = INT8_FALLBACK_STEPS if int8_fallback else ()
-        patterns = [int8_exclude] + [f"({int8_exclude})|{s}" if int8_exclude else s for s in steps]
-        for exclude in patterns:
-            out_int8, excluded = quantize_onnx_int8(fp32_path, int8_path, per_channel=per_channel,
-                                                    reduce_range=reduce_range, exclude=exclude)
-            z8, _ = engine_outputs(OnnxEngine(out_int8), inputs)
-            d8 = max_prob_difference(ref_logits, z8, inputs["task_index"], cfg.n_labels)
-            attempts += 1
-            d8_first = d8 if d8_first is None else d8_first
-            if d8 <= tolerance_int8:
-                break
-        assert out_int8 is not None
+        def int8_difference(path: Path) -> float:
+            return max_prob_difference(ref_logits, onnx_logits(path)[0], tidx, cfg.n_labels)
+
+        out_int8, excluded, exclude, d8, d8_first, attempts = _int8_until_parity(
+            fp32_path, int8_path, int8_difference, int8_exclude, int8_fallback, tolerance_int8, per_channel,
+            reduce_range)
         sizes[INT8_NAME] = out_int8.stat().st_size / 2**20
     elif int8_path.exists():
         int8_path.unlink()  # a stale int8 file from an older fp32 export would be picked up by the Scorer
 
     report = ExportReport(
         checkpoint=str(ckpt), onnx_path=str(fp32_path), int8_path=str(out_int8) if out_int8 else None,
-        opset=opset, n_parity_inputs=int(len(inputs["task_index"])), max_abs_dprob_fp32=d32,
+        opset=opset, n_parity_inputs=int(len(tidx)), max_abs_dprob_fp32=d32,
         max_abs_dprob_int8=d8, tolerance_fp32=tolerance_fp32, tolerance_int8=tolerance_int8,
         max_abs_dgate_fp32=dgate, int8_exclude=exclude, int8_excluded_nodes=len(excluded),
         int8_fallback_used=attempts > 1, max_abs_dprob_int8_full=d8_first if attempts > 1 else None,

@@ -30,26 +30,32 @@ One readable file, in the spirit of Hugging Face modeling files (shapes are comm
 ``use_moe=False`` gives the MTL baseline (shared encoder + heads); a model with one task and no MoE is
 the Individual baseline. The whole model also runs as one graph with the task index as an input
 (:meth:`StudentModel.forward_padded`), which is what ONNX export uses.
+
+Only modules live here (as in HF's ``modeling_bert.py``): the settings are in ``configuration.py``, the
+checkpoint folder in ``checkpoint.py``, batched inference in ``inference.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import zipfile
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-Pooling = Literal["mean", "cls"]
-Placement = Literal["token", "pooled"]
-ExpertInit = Literal["random", "zero"]
+from rubricate.student.configuration import (  # noqa: F401  (re-exported: the config's older home)
+    ExpertInit,
+    ModelOptions,
+    Placement,
+    Pooling,
+    StudentConfig,
+)
 
 ENCODER_ALIASES = ("minilm", "mpnet")
 
@@ -107,71 +113,6 @@ def resolve_encoder(name_or_path: str) -> Path:
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"encoder directory {p} has no config.json (use 'minilm', 'mpnet' or a HF model dir)")
     return p
-
-
-# --------------------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------------------
-@dataclass
-class StudentConfig:
-    """Everything needed to rebuild the model; saved as JSON inside the checkpoint.
-
-    ``task_ids``/``n_labels`` fix the head order: ``task_index`` i means ``task_ids[i]``.
-    """
-
-    task_ids: list[str]
-    n_labels: list[int]
-    encoder: str = "minilm"
-    pooling: Pooling = "mean"
-    max_length: int = 128
-    use_moe: bool = True
-    n_experts: int = 4
-    n_moe_layers: int = 2
-    moe_placement: Placement = "token"
-    expert_hidden: int | None = None  # None -> the encoder's hidden size
-    expert_init: ExpertInit = "random"  # "zero": experts' output layers start at 0 (see the module docstring)
-    gate_hidden: int = 128
-    task_emb_dim: int = 32
-    head_hidden: int = 256
-    dropout: float = 0.1
-    #: task id -> k: the task owns a copy of the encoder's top k layers (see "Task layers" above); in order
-    task_layers: dict[str, int] = field(default_factory=dict)
-    hidden_size: int = 0  # filled in from the encoder config when the model is built
-    encoder_config: dict[str, Any] = field(default_factory=dict)  # the encoder's HF config, for offline rebuild
-
-    def __post_init__(self) -> None:
-        if len(self.task_ids) != len(self.n_labels):
-            raise ValueError("task_ids and n_labels must have the same length")
-        if len(set(self.task_ids)) != len(self.task_ids):
-            raise ValueError(f"duplicate task ids in {self.task_ids}")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {self.pooling!r}")
-        if self.moe_placement not in ("token", "pooled"):
-            raise ValueError(f"moe_placement must be 'token' or 'pooled', got {self.moe_placement!r}")
-        if self.expert_init not in ("random", "zero"):
-            raise ValueError(f"expert_init must be 'random' or 'zero', got {self.expert_init!r}")
-        if self.use_moe and (self.n_experts < 1 or self.n_moe_layers < 1):
-            raise ValueError("a MoE model needs n_experts >= 1 and n_moe_layers >= 1")
-        for tid, k in self.task_layers.items():
-            if tid not in self.task_ids:
-                raise ValueError(f"task_layers names task '{tid}', which is not in task_ids")
-            if int(k) < 1:
-                raise ValueError(f"task_layers['{tid}'] must be >= 1, got {k}")
-
-    @property
-    def max_labels(self) -> int:
-        return max(self.n_labels)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown StudentConfig keys {unknown}")
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -548,95 +489,13 @@ class StudentModel(nn.Module):
         return {"encoder": enc, "moe": moe, "heads": heads, "task_layers": own, "total": enc + moe + heads + own}
 
 
-# --------------------------------------------------------------------------------------------------------
-# Saving / loading
-# --------------------------------------------------------------------------------------------------------
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+def __getattr__(name: str) -> Any:
+    """``save_model``/``load_model``/``run_model``/``pad_batch`` moved to ``checkpoint.py`` and ``inference.py``;
+    older imports from this module keep working (lazily: those modules import this one)."""
+    homes = {"save_model": "checkpoint", "load_model": "checkpoint", "run_model": "inference",
+             "pad_batch": "inference"}
+    if name in homes:
+        import importlib
 
-
-def save_model(model: StudentModel, tokenizer: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` (model config + ``extra``), ``model.safetensors`` and the tokenizer files."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-    tokenizer.save_pretrained(str(out))
-    import hashlib
-
-    sha = hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()
-    doc = {"format": "rubricate-student", "format_version": 1, "model": model.config.to_dict()}
-    doc.update(extra or {})
-    doc["weights_sha256"] = sha
-    doc.setdefault("model_version", sha[:12])
-    (out / CONFIG_NAME).write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
-    return out
-
-
-def load_model(checkpoint_dir: str | Path) -> tuple[StudentModel, Any, dict[str, Any]]:
-    """Load (model in eval mode, tokenizer, full config document) from a checkpoint directory."""
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    d = Path(checkpoint_dir)
-    if not (d / CONFIG_NAME).exists() or not (d / WEIGHTS_NAME).exists():
-        raise FileNotFoundError(f"{d} is not a rubricate student checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-    doc = json.loads((d / CONFIG_NAME).read_text(encoding="utf-8"))
-    if doc.get("format") != "rubricate-student":
-        raise ValueError(f"{d / CONFIG_NAME}: not a rubricate student checkpoint (format={doc.get('format')!r})")
-    cfg = StudentConfig.from_dict(doc["model"])
-    model = StudentModel(cfg)
-    state = load_file(str(d / WEIGHTS_NAME))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # position_ids buffers differ between transformers versions; anything else is a real mismatch
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"{d / WEIGHTS_NAME}: weights do not match the config (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(str(d))
-    return model, tok, doc
-
-
-# --------------------------------------------------------------------------------------------------------
-# Batched inference
-# --------------------------------------------------------------------------------------------------------
-def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic padding: ids of one batch -> (B, T_max) input_ids and attention_mask."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def run_model(model: StudentModel, input_ids: list[list[int]], task_index: list[int] | Any, pad_id: int,
-              batch_size: int = 64) -> tuple[Any, Any]:
-    """Logits (N, max_labels) and gate weights (N, n_moe, M) or None, as numpy, in input order.
-
-    Rows are sorted by length before batching so that padding (and CPU time) stays small.
-    """
-    import numpy as np
-
-    model.eval()
-    n = len(input_ids)
-    order = sorted(range(n), key=lambda i: len(input_ids[i]))
-    logits = np.zeros((n, model.config.max_labels), dtype=np.float32)
-    gates = None
-    if model.config.use_moe:
-        gates = np.zeros((n, model.config.n_moe_layers, model.config.n_experts), dtype=np.float32)
-    tidx = torch.as_tensor(list(task_index), dtype=torch.long)
-    for start in range(0, n, batch_size):
-        rows = order[start: start + batch_size]
-        ids, mask = pad_batch([input_ids[i] for i in rows], pad_id)
-        out = model(ids, mask, tidx[rows])
-        logits[rows] = out.logits.float().numpy()
-        if gates is not None:
-            gates[rows] = out.gate_weights.float().numpy()
-    return logits, gates
+        return getattr(importlib.import_module(f"rubricate.student.{homes[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

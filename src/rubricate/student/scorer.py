@@ -15,7 +15,6 @@ Linear layers); ``"onnx"`` uses ``rubricate.student.export.OnnxEngine`` on ``onn
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -24,7 +23,9 @@ import numpy as np
 
 from rubricate.errors import InputError, UnknownTaskError
 from rubricate.labels import LabelEncoding
+from rubricate.student.checkpoint import load_tasks, load_tokenizer, read_document
 from rubricate.student.decoding import Decoder
+from rubricate.student.inference import run_engine, run_model
 from rubricate.tasks import TaskRegistry
 
 Backend = Literal["auto", "torch", "onnx"]
@@ -91,67 +92,38 @@ class Scorer:
         d = Path(checkpoint_dir)
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
-        cfg_path = d / "config.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{d} is not a student checkpoint (no config.json)")
-        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-        registry = TaskRegistry.from_snapshot(doc["tasks"])
-        encodings = {t: LabelEncoding.from_dict(e) for t, e in doc["label_encodings"].items()}
+        doc = read_document(d)
+        registry, encodings = load_tasks(doc)
         onnx_file = d / "onnx" / ("model.int8.onnx" if quantize else "model.onnx")
         engine = None
         model = None
         if backend == "onnx" or (backend == "auto" and onnx_file.exists()):
             if not onnx_file.exists():
                 raise FileNotFoundError(f"no ONNX export at {onnx_file} (run `rubricate export` first)")
-            from rubricate.student.export import LightTokenizer, OnnxEngine
+            from rubricate.student.export import OnnxEngine
 
             engine = OnnxEngine(onnx_file, intra_op_threads=num_threads)
             # The ONNX path stays torch-free (transformers' AutoTokenizer imports torch: ~200 MB RSS);
             # LightTokenizer reads the same tokenizer.json and gives identical ids (tests/test_export.py).
-            if (d / "tokenizer.json").exists():
-                tok = LightTokenizer(d)
-            else:
-                from transformers import AutoTokenizer
-
-                tok = AutoTokenizer.from_pretrained(str(d))
+            tok = load_tokenizer(d, light=True)
         else:
             import torch
 
-            from rubricate.student.modeling import load_model
+            from rubricate.student.checkpoint import load_model
+            from rubricate.student.inference import quantize_torch_int8
 
             if num_threads:
                 torch.set_num_threads(num_threads)
             model, tok, doc = load_model(d)
             if quantize:
-                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-                model.eval()
+                model = quantize_torch_int8(model)
         return cls(model, tok, registry, encodings, doc, engine, threshold, d)
 
     # ------------------------------------------------------------------------------------------------
     def _forward(self, ids: list[list[int]], tidx: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         if self.engine is None:
-            from rubricate.student.modeling import run_model
-
             return run_model(self.model, ids, tidx, self.pad_id, batch_size)
-        n = len(ids)
-        order = sorted(range(n), key=lambda i: len(ids[i]))
-        logits = np.zeros((n, self.max_labels), dtype=np.float32)
-        gates: np.ndarray | None = None
-        for s in range(0, n, batch_size):
-            rows = order[s: s + batch_size]
-            T = max(len(ids[i]) for i in rows)
-            inp = np.full((len(rows), T), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), T), dtype=np.int64)
-            for j, i in enumerate(rows):
-                inp[j, : len(ids[i])] = ids[i]
-                mask[j, : len(ids[i])] = 1
-            lg, g = self.engine.run(inp, mask, tidx[rows].astype(np.int64))
-            logits[rows] = lg
-            if g is not None and np.size(g):
-                if gates is None:
-                    gates = np.zeros((n, *np.shape(g)[1:]), dtype=np.float32)
-                gates[rows] = g
-        return logits, gates
+        return run_engine(self.engine, ids, tidx, self.pad_id, self.max_labels, batch_size)
 
     def predict_logits(self, task_ids: Sequence[str], texts: Sequence[str],
                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:

@@ -44,10 +44,15 @@ from rubricate.data.teacher_file import (
     write_teacher_file,
 )
 from rubricate.errors import InputError
+from rubricate.student.arguments import LLMTeacherArguments  # noqa: F401  (re-exported: its older home)
 from rubricate.labels import LabelEncoding
 from rubricate.tasks import TaskRegistry
 
 SpecialistKind = Literal["tfidf", "encoder"]
+#: K of the cross-fitted students (each fold model trains on K-1 folds: 3 keeps two thirds of the rows per model)
+STUDENT_FOLDS = 3
+#: how an imported teacher file must match the tasks' rows by default: every row and label present
+IMPORT_POLICY: AlignPolicy = "strict"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -217,7 +222,7 @@ def _multitask_folds(records: Sequence[Record], registry: TaskRegistry, folds: i
 
 
 def cross_fit_students(args: Any, registry: TaskRegistry, train_records: Sequence[Record], out_path: str | Path, *,
-                       folds: int = 3, val_records: Sequence[Record] | None = None,
+                       folds: int = STUDENT_FOLDS, val_records: Sequence[Record] | None = None,
                        predict_records: Sequence[Record] = ()) -> Path:
     """Cross-fitted multi-task students as a teacher file (see the module docstring).
 
@@ -227,6 +232,7 @@ def cross_fit_students(args: Any, registry: TaskRegistry, train_records: Sequenc
     """
     import copy
 
+    from rubricate.student.checkpoint import is_checkpoint
     from rubricate.student.scorer import Scorer
     from rubricate.student.trainer import train as train_student
 
@@ -241,7 +247,7 @@ def cross_fit_students(args: Any, registry: TaskRegistry, train_records: Sequenc
                                   for r in extra]  # summed fold probabilities per extra row
     for k, held in enumerate(_multitask_folds(train_records, registry, folds, args.seed)):
         fold_dir = Path(args.output_dir) / f"fold{k}"
-        if not (fold_dir / "config.json").exists():
+        if not is_checkpoint(fold_dir):
             held_set = set(held)
             fold_args = copy.deepcopy(args)
             fold_args.output_dir = str(fold_dir)
@@ -293,7 +299,7 @@ def mix_teachers(paths: Sequence[str | Path], weights: Sequence[float], out_path
 # Import
 # --------------------------------------------------------------------------------------------------------
 def import_teacher(src: str | Path, registry: TaskRegistry, out_path: str | Path, *,
-                   records: Sequence[Record] | None = None, policy: AlignPolicy = "strict",
+                   records: Sequence[Record] | None = None, policy: AlignPolicy = IMPORT_POLICY,
                    source: str | None = None) -> Path:
     """Validate outputs produced elsewhere and write them as a rubricate teacher file.
 
@@ -352,33 +358,35 @@ def _read_teacher_table(path: Path, names: dict[str, list[str]], source: str) ->
     return out
 
 
+def students_teacher(args: Any, out_path: str | Path, *, folds: int = STUDENT_FOLDS) -> Path:
+    """:func:`cross_fit_students` on a recipe's own data and split (``rubricate teach students``): trained on its
+    training part, early-stopped on its validation part, with ensemble predictions for validation and test."""
+    from rubricate.student.data import resolve_inputs_with_test
+
+    registry, parts = resolve_inputs_with_test(args)
+    return cross_fit_students(args, registry, parts["train"], out_path, folds=folds,
+                              val_records=parts["validation"] or None,
+                              predict_records=parts["validation"] + parts["test"])
+
+
+def import_teacher_files(src: str | Path, tasks: str | Path, out_path: str | Path, *, data: str | Path | None = None,
+                         split: str | Path | None = None, policy: AlignPolicy = IMPORT_POLICY,
+                         source: str | None = None) -> Path:
+    """:func:`import_teacher` from files (``rubricate teach import``): the task folder, and optionally the records
+    whose training split the teacher must cover."""
+    from rubricate.student.data import read_split
+
+    registry = TaskRegistry.from_dir(tasks)
+    records = None
+    if data is not None:
+        registry, parts = read_split(data, tasks, split)
+        records = parts["train"]
+    return import_teacher(src, registry, out_path, records=records, policy=policy, source=source)
+
+
 # --------------------------------------------------------------------------------------------------------
 # LLM classifier teacher (causal LM + classification head + LoRA)
 # --------------------------------------------------------------------------------------------------------
-@dataclass
-class LLMTeacherArguments:
-    """Arguments of :func:`train_llm_teacher` (all documented, none hidden)."""
-
-    model_dir: str  #: causal-LM directory (HF), a folder holding ``gguf_file``, or "smollm2" (packaged GGUF)
-    gguf_file: str | None = None  #: GGUF file name inside model_dir (de-quantised by transformers)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: list[str] | None = None  #: None: q_proj, k_proj, v_proj, o_proj
-    epochs: float = 1.0
-    lr: float = 2e-4
-    batch_size: int = 8
-    max_length: int = 256
-    max_question_chars: int = 600  #: how much of the task's question is put before the answer
-    folds: int = 1  #: >= 2: cross-fitted; 1: one model for all rows (training rows are then in-sample)
-    seed: int = 42
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    device: str = "auto"  #: "auto" (cuda when available), "cpu" or "cuda"
-    progress: bool = True
-
-
 def resolve_causal_lm(model_dir: str, gguf_file: str | None) -> tuple[str, str | None]:
     """``"smollm2"`` -> the packaged SmolLM2-135M-Instruct GGUF (found without importing its package, whose
     ``__init__`` needs the ``llm`` CLI); anything else is returned unchanged."""

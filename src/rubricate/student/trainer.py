@@ -30,19 +30,24 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from rubricate.data.records import Record
-from rubricate.data.teacher_file import AlignPolicy
 from rubricate.errors import InputError
 from rubricate.labels import LabelEncoding
-from rubricate.student.data import (  # noqa: F401  (re-exported: add-task and older imports use these names)
+from rubricate.student.arguments import METHODS, Method, TrainingArguments  # noqa: F401  (re-exported)
+from rubricate.student.checkpoint import (  # noqa: F401  (load_checkpoint/checkpoint_document: older imports)
+    checkpoint_document,
+    load_checkpoint,
+    save_model,
+)
+from rubricate.student.data import (  # noqa: F401  (re-exported: older imports use these names)
     EncodedSet,
     add_second_rater,
     attach_teacher,
@@ -51,154 +56,16 @@ from rubricate.student.data import (  # noqa: F401  (re-exported: add-task and o
     concat_sets,
     encode_records,
     length_stats,
+    load_records,
+    resolve_inputs,
+    resolve_inputs_with_test,
+    split_records,
 )
-from rubricate.student.decoding import Decoder, DecoderArguments, fit_decoder, gold_scores
+from rubricate.student.decoding import Decoder, fit_decoder, gold_scores
+from rubricate.student.inference import pad_batch, run_model
 from rubricate.student.losses import EarlyStopping, bce_loss, distillation_loss, load_balancing_loss  # noqa: F401
-from rubricate.student.modeling import (
-    StudentConfig,
-    StudentModel,
-    load_model,
-    pad_batch,
-    run_model,
-    save_model,
-)
+from rubricate.student.modeling import StudentModel
 from rubricate.tasks import TaskRegistry
-
-Method = Literal["individual", "mtl", "unimoe", "unimoe_guided"]
-METHODS = ("individual", "mtl", "unimoe", "unimoe_guided")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Arguments (= recipe keys)
-# --------------------------------------------------------------------------------------------------------
-@dataclass
-class TrainingArguments:
-    """Every knob of :func:`train`; a recipe YAML under ``recipes/`` holds exactly these keys."""
-
-    # data: either `data` (+ `split`) or `train_data` (+ `val_data`)
-    tasks: str = ""  #: task folder or file (TaskRegistry.from_dir)
-    data: str | None = None  #: all records (native JSONL or a table `load_table` reads); cut by `split`
-    split: str | None = None  #: split file (rubricate data split); None with `data`: the default split, made now
-    train_data: str = ""  #: training records (native JSONL or a table), when there is no `data`
-    val_data: str | None = None  #: validation records for early stopping (None: no early stopping)
-    task_ids: list[str] | None = None  #: train on these tasks only (default: every task with training rows)
-    output_dir: str = "runs/student"
-    method: Method = "unimoe_guided"
-    # model
-    encoder: str = "minilm"  #: "minilm", "mpnet" or a HF encoder directory
-    pooling: Literal["mean", "cls"] = "mean"
-    max_length: int = 128
-    n_experts: int = 4
-    n_moe_layers: int = 2
-    moe_placement: Literal["token", "pooled"] = "token"
-    expert_hidden: int | None = None  #: expert inner size (None: the encoder's hidden size)
-    expert_init: Literal["random", "zero"] = "random"  #: "zero": experts' output layers start at 0 (modeling.py)
-    gate_hidden: int = 128
-    task_emb_dim: int = 32
-    head_hidden: int = 256
-    dropout: float = 0.1
-    # optimisation
-    epochs: float = 3.0
-    max_steps: int | None = None  #: stop after this many optimizer steps (for quick runs)
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    lr_encoder: float = 5e-5
-    lr_new: float = 1e-3  #: MoE, task embeddings and heads (newly initialised, so a larger step)
-    weight_decay: float = 0.01  #: AdamW decoupled decay (not applied to biases, LayerNorms, embeddings)
-    warmup_ratio: float = 0.1  #: linear warm-up over this share of the steps, then linear decay to 0
-    max_grad_norm: float = 1.0
-    bucket_batches: int = 50  #: length bucketing: sort by length within windows of this many batches
-    seed: int = 42
-    num_threads: int | None = None  #: torch CPU threads (None: torch's default)
-    # losses
-    lambda_lb: float = 0.01
-    lambda_kd: float = 1.0
-    kd_temperature: float = 2.0
-    teacher_file: str | None = None
-    teacher_policy: AlignPolicy = "ignore_extra"
-    teacher_eps: float = 1e-4  #: clip teacher probabilities to [eps, 1-eps] before taking logits
-    # early stopping / decoding
-    evals_per_epoch: int = 1
-    early_stopping_patience: int = 2  #: evaluations without improvement before stopping
-    min_delta: float = 0.0  #: an evaluation improves only if it beats the best by more than this
-    #: patience counts only once the best validation agreement exceeds this floor. Mean QWK / kappa of
-    #: constant predictions is 0: a model still at chance has not started to overfit, and stopping it
-    #: then returns a constant scorer (ASAP-SAS set 3, Individual, stopped at 1.5 epochs with kappa 0).
-    early_stopping_floor: float = 0.0
-    #: how scores are decoded from probabilities, fit on the validation split after training and stored in the
-    #: checkpoint (rubricate.student.decoding; a recipe gives a mapping, e.g. ``decoder: {kind: qwk_cuts}``).
-    #: Early stopping always decodes at ``decoder.threshold`` (a decoder fit on the same rows would flatter it).
-    decoder: DecoderArguments = field(default_factory=DecoderArguments)
-    #: a second rater's labels (``Record.rater2``) in training: "ignore", "soft" (mean of the two raters'
-    #: indicators as the target) or "duplicate" (each response once per rater); student/data.py
-    second_rater: Literal["ignore", "soft", "duplicate"] = "ignore"
-    #: after training with validation: retrain from scratch on train + validation for the number of optimizer
-    #: epochs that early stopping chose (scaled to the larger set), keep the decoder fit on validation, and
-    #: save that model (the one a user ships); the selection run is kept in ``<output_dir>/selection``
-    refit: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if isinstance(self.decoder, dict):
-            known = {f.name for f in fields(DecoderArguments)}
-            unknown = sorted(set(self.decoder) - known)
-            if unknown:
-                raise ValueError(f"unknown decoder keys {unknown} (known: {sorted(known)})")
-            self.decoder = DecoderArguments(**self.decoder)
-        elif isinstance(self.decoder, str):
-            self.decoder = DecoderArguments(kind=self.decoder)  # type: ignore[arg-type]
-        if self.second_rater not in ("ignore", "soft", "duplicate"):
-            raise ValueError(f"second_rater must be 'ignore', 'soft' or 'duplicate', got {self.second_rater!r}")
-        if self.method == "unimoe_guided" and not self.teacher_file:
-            raise ValueError("method 'unimoe_guided' needs a teacher_file (see `rubricate teach`)")
-
-    @property
-    def use_moe(self) -> bool:
-        return self.method in ("unimoe", "unimoe_guided")
-
-    @property
-    def use_kd(self) -> bool:
-        return self.method == "unimoe_guided" and self.lambda_kd > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "<recipe>") -> "TrainingArguments":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown recipe keys {unknown} (known: {sorted(known)})", file=source)
-        try:
-            return cls(**d)
-        except (TypeError, ValueError) as e:
-            raise InputError(str(e), file=source) from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainingArguments":
-        """Load a recipe; relative data/task paths stay relative to the current directory."""
-        import yaml
-
-        p = Path(path)
-        try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"invalid YAML: {e}", file=p) from None
-        if not isinstance(d, dict):
-            raise InputError("a recipe must be a mapping of TrainingArguments keys", file=p)
-        d.update(overrides or {})
-        return cls.from_dict(d, str(p))
-
-    def model_config(self, task_ids: list[str], n_labels: list[int]) -> StudentConfig:
-        return StudentConfig(task_ids=list(task_ids), n_labels=list(n_labels), encoder=self.encoder,
-                             pooling=self.pooling, max_length=self.max_length, use_moe=self.use_moe,
-                             n_experts=self.n_experts, n_moe_layers=self.n_moe_layers,
-                             moe_placement=self.moe_placement, expert_hidden=self.expert_hidden,
-                             expert_init=self.expert_init,
-                             gate_hidden=self.gate_hidden, task_emb_dim=self.task_emb_dim,
-                             head_hidden=self.head_hidden, dropout=self.dropout)
 
 
 @dataclass
@@ -207,14 +74,25 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def val_mean_agreement(self) -> float | None:
+        """The validation mean agreement (one student, or the mean over the per-task models of ``individual``)."""
+        return (self.metrics.get("val") or {}).get("mean_agreement", self.metrics.get("val_mean_agreement"))
+
 
 # --------------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------------
 def task_agreement(enc: LabelEncoding, primary_scale: str | None, probs: np.ndarray, targets: np.ndarray,
                    threshold: float) -> float:
-    """QWK of the decoded primary score, or mean Cohen's kappa over criteria for analytic-only tasks."""
-    from sklearn.metrics import cohen_kappa_score
+    """QWK of the decoded primary score, or mean Cohen's kappa over criteria for analytic-only tasks.
+
+    Both come from ``rubricate.metrics.formulas`` (the report's definitions): NaN when undefined (constant
+    gold scores), and an undefined criterion is left out of its task's mean. :func:`evaluate_agreement` leaves an
+    undefined task out of the mean too (it was counted as 0 before); a mean that is NaN never improves the early
+    stopper (``EarlyStopping.update``).
+    """
+    from rubricate.metrics.formulas import kappa, qwk
 
     pred = enc.decode_scores(probs, threshold)
     gold_rows = enc.decode_targets(targets)
@@ -222,17 +100,14 @@ def task_agreement(enc: LabelEncoding, primary_scale: str | None, probs: np.ndar
         keep = [i for i, g in enumerate(gold_rows) if primary_scale in g]
         if not keep:
             return float("nan")
-        y = [gold_rows[i][primary_scale] for i in keep]
         sc = next(s for s in enc.scales if s.id == primary_scale)
-        k = cohen_kappa_score(y, pred[primary_scale][keep], weights="quadratic",
-                              labels=list(range(sc.min, sc.max + 1)))
-        return 0.0 if math.isnan(k) else float(k)
+        return float(qwk([gold_rows[i][primary_scale] for i in keep], pred[primary_scale][keep], sc.min, sc.max))
     kappas = []
     for c in enc.criteria:
         keep = [i for i, g in enumerate(gold_rows) if c in g]
         if keep:
-            k = cohen_kappa_score([gold_rows[i][c] for i in keep], pred[c][keep], labels=[0, 1])
-            kappas.append(0.0 if math.isnan(k) else float(k))
+            kappas.append(kappa([gold_rows[i][c] for i in keep], pred[c][keep], labels=[0, 1])[0])
+    kappas = [k for k in kappas if not math.isnan(k)]
     return float(np.mean(kappas)) if kappas else float("nan")
 
 
@@ -288,6 +163,32 @@ def param_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float, weight_de
 ForwardFn = Callable[[EncodedSet, np.ndarray], Any]
 
 
+def batch_loss(out: Any, data: EncodedSet, rows: np.ndarray, args: Any, use_kd: bool, anchor_weight: float = 0.0,
+               anchor_temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_task + lambda_lb L_LB + lambda_kd L_KD (+ anchor_weight L_self_KD)`` of one batch, and each part's value.
+
+    ``args`` holds ``lambda_lb``, ``lambda_kd`` and ``kd_temperature`` (``TrainingArguments`` or ``AdaptArguments``).
+    """
+    l_task = bce_loss(out.logits, torch.from_numpy(data.targets[rows]), out.label_mask)
+    loss = l_task
+    parts = {"task": l_task.item()}
+    if out.gate_weights is not None and args.lambda_lb > 0:
+        l_lb = load_balancing_loss(out.gate_weights)
+        loss = loss + args.lambda_lb * l_lb
+        parts["lb"] = l_lb.item()
+    if use_kd and data.teacher is not None:
+        l_kd = distillation_loss(out.logits, torch.from_numpy(data.teacher[rows]), args.kd_temperature,
+                                 out.label_mask)
+        loss = loss + args.lambda_kd * l_kd
+        parts["kd"] = l_kd.item()
+    if anchor_weight > 0 and data.anchor is not None:
+        l_anchor = distillation_loss(out.logits, torch.from_numpy(data.anchor[rows]), anchor_temperature,
+                                     out.label_mask)
+        loss = loss + anchor_weight * l_anchor
+        parts["self_kd"] = l_anchor.item()
+    return loss, parts
+
+
 def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, args: TrainingArguments,
         groups: list[dict[str, Any]], forward: ForwardFn,
         evaluate: Callable[[], dict[str, Any]] | None,
@@ -330,25 +231,8 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
         while step < total and not stopped_early:
             for rows in bucketed_batches(lengths, args.batch_size, args.bucket_batches, rng):
                 model.train()
-                out = forward(train_set, rows)
-                targets = torch.from_numpy(train_set.targets[rows])
-                l_task = bce_loss(out.logits, targets, out.label_mask)
-                loss = l_task
-                parts = {"task": l_task.item()}
-                if out.gate_weights is not None and args.lambda_lb > 0:
-                    l_lb = load_balancing_loss(out.gate_weights)
-                    loss = loss + args.lambda_lb * l_lb
-                    parts["lb"] = l_lb.item()
-                if use_kd and train_set.teacher is not None:
-                    l_kd = distillation_loss(out.logits, torch.from_numpy(train_set.teacher[rows]),
-                                             args.kd_temperature, out.label_mask)
-                    loss = loss + args.lambda_kd * l_kd
-                    parts["kd"] = l_kd.item()
-                if anchor_weight > 0 and train_set.anchor is not None:
-                    l_anchor = distillation_loss(out.logits, torch.from_numpy(train_set.anchor[rows]),
-                                                 anchor_temperature, out.label_mask)
-                    loss = loss + anchor_weight * l_anchor
-                    parts["self_kd"] = l_anchor.item()
+                loss, parts = batch_loss(forward(train_set, rows), train_set, rows, args, use_kd, anchor_weight,
+                                         anchor_temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_hook is not None:
@@ -389,54 +273,6 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
 # --------------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------------
-def _resolve_inputs(args: TrainingArguments, registry: TaskRegistry | None, train_records: Sequence[Record] | None,
-                    val_records: Sequence[Record] | None) -> tuple[TaskRegistry, list[Record], list[Record] | None]:
-    if registry is None:
-        if not args.tasks:
-            raise InputError("no task registry: set 'tasks' (a task folder or file) in the recipe")
-        registry = TaskRegistry.from_dir(args.tasks)
-    if train_records is None and args.data:
-        parts = split_records(load_records(args.data, registry), args.split, registry)
-        train_records = parts["train"]
-        if val_records is None:
-            val_records = parts["validation"] or None
-    if train_records is None:
-        if not args.train_data:
-            raise InputError("no training data: set 'data' (+ 'split') or 'train_data' in the recipe")
-        train_records = load_records(args.train_data, registry)
-    if val_records is None and args.val_data:
-        val_records = load_records(args.val_data, registry)
-    return registry, list(train_records), (list(val_records) if val_records is not None else None)
-
-
-def resolve_inputs_with_test(args: TrainingArguments) -> tuple[TaskRegistry, dict[str, list[Record]]]:
-    """A recipe's registry and its train / validation / test records (``data`` + ``split`` recipes)."""
-    if not args.tasks or not args.data:
-        raise InputError("this verb needs a recipe with 'tasks' and 'data' (+ 'split')")
-    registry = TaskRegistry.from_dir(args.tasks)
-    parts = split_records(load_records(args.data, registry), args.split, registry)
-    if args.task_ids:
-        keep = set(args.task_ids)
-        parts = {k: [r for r in v if r.task_id in keep] for k, v in parts.items()}
-    return registry, parts
-
-
-def load_records(path: str | Path, registry: TaskRegistry | None = None) -> list[Record]:
-    """Records from native JSONL or any table ``load_table`` understands (label columns named like label keys)."""
-    from rubricate.data.loaders import load_table
-
-    return load_table(path, registry=registry)
-
-
-def split_records(records: Sequence[Record], split: str | Path | None,
-                  registry: TaskRegistry | None = None) -> dict[str, list[Record]]:
-    """{"train", "validation", "test"} parts: from a split file, or the default stratified split made now."""
-    from rubricate.data.splits import apply_split, make_split
-
-    sp = split if split is not None else make_split(records, registry=registry)
-    return apply_split(records, sp)
-
-
 def _task_ids(args: TrainingArguments, registry: TaskRegistry, records: Sequence[Record]) -> list[str]:
     if args.task_ids:
         for t in args.task_ids:
@@ -448,27 +284,6 @@ def _task_ids(args: TrainingArguments, registry: TaskRegistry, records: Sequence
     return present
 
 
-def checkpoint_document(model: StudentModel, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
-                        args: TrainingArguments | dict[str, Any], metrics: dict[str, Any], model_id: str,
-                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The non-model part of ``config.json``: task snapshot, label encodings, recipe, metrics.
-
-    ``model_version`` is added by :func:`save_model` (a hash of the weights).
-    """
-    tids = model.config.task_ids
-    doc = {
-        "model_id": model_id,
-        "tasks": registry.subset(tids).snapshot(),
-        "label_encodings": {t: encodings[t].to_dict() for t in tids},
-        "recipe": args.to_dict() if isinstance(args, TrainingArguments) else args,
-        "metrics": metrics,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "parameters": model.count_parameters(),
-    }
-    doc.update(extra or {})
-    return doc
-
-
 def train(args: TrainingArguments, *, registry: TaskRegistry | None = None,
           train_records: Sequence[Record] | None = None, val_records: Sequence[Record] | None = None) -> TrainResult:
     """Train one student (or, for ``method='individual'``, one checkpoint per task) and save it.
@@ -476,7 +291,7 @@ def train(args: TrainingArguments, *, registry: TaskRegistry | None = None,
     Records and the registry may be passed directly (the library way) or come from the paths in ``args``
     (the recipe way). Returns the checkpoint directory and the validation metrics.
     """
-    registry, train_records, val_records = _resolve_inputs(args, registry, train_records, val_records)
+    registry, train_records, val_records = resolve_inputs(args, registry, train_records, val_records)
     if args.method == "individual":
         return _train_individual(args, registry, train_records, val_records)
     return _train_one(args, registry, train_records, val_records)
@@ -643,12 +458,3 @@ def _save(model: StudentModel, prep: _Prepared, registry: TaskRegistry, args: Tr
     save_model(model, prep.tokenizer, out,
                checkpoint_document(model, registry, prep.encodings, args, metrics, model_id=out.name or "student",
                                    extra={"history": history, "decoder": decoder.to_dict()}))
-
-
-def load_checkpoint(checkpoint_dir: str | Path) -> tuple[StudentModel, Any, TaskRegistry, dict[str, LabelEncoding],
-                                                          dict[str, Any]]:
-    """(model, tokenizer, task registry snapshot, label encodings, config document) of a checkpoint."""
-    model, tok, doc = load_model(checkpoint_dir)
-    registry = TaskRegistry.from_snapshot(doc["tasks"])
-    encodings = {t: LabelEncoding.from_dict(e) for t, e in doc["label_encodings"].items()}
-    return model, tok, registry, encodings, doc
