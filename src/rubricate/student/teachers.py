@@ -51,8 +51,10 @@ from rubricate.tasks import TaskRegistry
 SpecialistKind = Literal["tfidf", "encoder"]
 #: K of the cross-fitted students (each fold model trains on K-1 folds: 3 keeps two thirds of the rows per model)
 STUDENT_FOLDS = 3
-#: how an imported teacher file must match the tasks' rows by default: every row and label present
-IMPORT_POLICY: AlignPolicy = "strict"
+#: how an imported teacher file must match the training rows by default: every training row covered; rows
+#: of other responses (a teacher's validation/test predictions) are allowed and ignored - what `teach import`
+#: always did (the library default was "strict" while the CLI's was "ignore_extra"; now one value)
+IMPORT_POLICY: AlignPolicy = "ignore_extra"
 
 
 # --------------------------------------------------------------------------------------------------------
