@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from rubricate.data.records import Record
+from rubricate.data.text import text_problem
 from rubricate.data.teacher_file import AlignPolicy, align_teacher, read_teacher_file
 from rubricate.errors import InputError, UnknownTaskError
 from rubricate.labels import LabelEncoding
@@ -61,8 +62,9 @@ def check_records(records: Sequence[Record], task_ids: Sequence[str], registry: 
         problems = registry.get(r.task_id).check_labels(r.labels)
         if problems:
             raise InputError("; ".join(problems), file=source, line=i, column="labels")
-        if not r.text.strip():
-            raise InputError("empty response text", file=source, line=i, column="text")
+        problem = text_problem(r.text, "response text")
+        if problem:
+            raise InputError(problem, file=source, line=i, column="text")
 
 
 def encode_records(records: Sequence[Record], tokenizer: Any, task_ids: Sequence[str],

@@ -21,6 +21,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from rubricate.data.text import text_problem
 from rubricate.errors import InputError, UnknownTaskError
 from rubricate.labels import LabelEncoding
 from rubricate.student.checkpoint import load_tasks, load_tokenizer, read_document
@@ -134,8 +135,9 @@ class Scorer:
         for i, (t, x) in enumerate(zip(task_ids, texts)):
             if t not in index:
                 raise UnknownTaskError(t, self.task_ids)
-            if not isinstance(x, str) or not x.strip():
-                raise InputError("empty response text", line=i + 1, column="text")
+            problem = text_problem(x, "response text")
+            if problem:
+                raise InputError(problem, line=i + 1, column="text")
         if not texts:
             return np.zeros((0, self.max_labels), dtype=np.float32), None
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]

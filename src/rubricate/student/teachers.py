@@ -27,7 +27,6 @@ Three ways to get one:
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,38 +324,38 @@ def import_teacher(src: str | Path, registry: TaskRegistry, out_path: str | Path
 
 
 def _read_teacher_table(path: Path, names: dict[str, list[str]], source: str) -> dict[tuple[str, str], TeacherRow]:
+    from rubricate.data.tables import require_columns, strict_rows
+
     out: dict[tuple[str, str], TeacherRow] = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",")
-        header = reader.fieldnames or []
-        for col in ("task_id", "response_id"):
+    header_or_none, rows = strict_rows(path)
+    header = list(header_or_none or [])
+    require_columns(path, header, ["task_id", "response_id"])
+    # one reader (data/tables.py): physical line numbers even with multi-line quoted fields
+    for line, row in rows:
+        tid = row["task_id"]
+        if tid not in names:
+            raise InputError(f"unknown task '{tid}'", file=path, line=line, column="task_id")
+        labels = names[tid]
+        use_logits = all(f"logit:{n}" in header for n in labels)
+        values = []
+        for n in labels:
+            col = f"logit:{n}" if use_logits else n
             if col not in header:
-                raise InputError("missing column", file=path, line=1, column=col)
-        for line, row in enumerate(reader, start=2):
-            tid = row["task_id"]
-            if tid not in names:
-                raise InputError(f"unknown task '{tid}'", file=path, line=line, column="task_id")
-            labels = names[tid]
-            use_logits = all(f"logit:{n}" in header for n in labels)
-            values = []
-            for n in labels:
-                col = f"logit:{n}" if use_logits else n
-                if col not in header:
-                    raise InputError(f"no column for label '{n}' of task '{tid}' (expected '{n}' or 'logit:{n}')",
-                                     file=path, line=1, column=n)
-                raw = (row.get(col) or "").strip()
-                try:
-                    v = float(raw)
-                except ValueError:
-                    raise InputError(f"not a number: {raw!r}", file=path, line=line, column=col) from None
-                if not math.isfinite(v) or (not use_logits and not 0.0 <= v <= 1.0):
-                    raise InputError(f"invalid value {v}", file=path, line=line, column=col)
-                values.append(v)
-            r = TeacherRow(tid, row["response_id"], labels, probs=None if use_logits else values,
-                           logits=values if use_logits else None, source=source)
-            if r.key in out:
-                raise InputError(f"duplicate row for {r.key}", file=path, line=line, column="response_id")
-            out[r.key] = r
+                raise InputError(f"no column for label '{n}' of task '{tid}' (expected '{n}' or 'logit:{n}')",
+                                 file=path, line=1, column=n)
+            raw = str(row.get(col) if row.get(col) is not None else "").strip()
+            try:
+                v = float(raw)
+            except ValueError:
+                raise InputError(f"not a number: {raw!r}", file=path, line=line, column=col) from None
+            if not math.isfinite(v) or (not use_logits and not 0.0 <= v <= 1.0):
+                raise InputError(f"invalid value {v}", file=path, line=line, column=col)
+            values.append(v)
+        r = TeacherRow(tid, row["response_id"], labels, probs=None if use_logits else values,
+                       logits=values if use_logits else None, source=source)
+        if r.key in out:
+            raise InputError(f"duplicate row for {r.key}", file=path, line=line, column="response_id")
+        out[r.key] = r
     return out
 
 
