@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 SEED = 20240611
 #: chance that a word of 5+ letters gets a typo; chance that the second rater disagrees by one point.
 TYPO_RATE = 0.06
