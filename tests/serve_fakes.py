@@ -130,7 +130,7 @@ def make_tiny_checkpoint(root, steps: int = 2):
     from pathlib import Path
 
     from rubricate.data.records import Record
-    from rubricate.student.tiny import make_tiny_encoder
+    from tiny_models import make_tiny_encoder
     from rubricate.student.trainer import TrainingArguments, train
 
     root = Path(root)

@@ -23,7 +23,7 @@ from rubricate.student.decoding import (
     rounding_cuts,
 )
 from rubricate.student.scorer import Scorer
-from rubricate.student.tiny import make_tiny_encoder, tiny_records, tiny_tasks
+from tiny_models import make_tiny_encoder, tiny_records, tiny_tasks
 from rubricate.student.trainer import TrainingArguments, chosen_epochs, train
 
 

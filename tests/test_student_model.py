@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rubricate.student.modeling import MoEBlock, StudentConfig, StudentModel, TaskAwareGate
-from rubricate.student.tiny import make_tiny_encoder, make_tiny_tokenizer
+from tiny_models import make_tiny_encoder, make_tiny_tokenizer
 from rubricate.student.losses import bce_loss, distillation_loss, load_balancing_loss
 
 

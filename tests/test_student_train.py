@@ -20,7 +20,7 @@ from rubricate.student.teachers import (
     kfold_indices,
     train_llm_teacher,
 )
-from rubricate.student.tiny import make_tiny_causal_lm, make_tiny_encoder, tiny_records, tiny_tasks
+from tiny_models import make_tiny_causal_lm, make_tiny_encoder, tiny_records, tiny_tasks
 from rubricate.student.trainer import TrainingArguments, load_checkpoint, train
 from rubricate.labels import LabelEncoding
 

@@ -2,7 +2,8 @@
 
 Steps (each a call into the library, so this file doubles as a usage example):
 
-1. load and validate the task files (``tasks/demo``) and the responses (``examples/demo/responses.csv``);
+1. load and validate the task files (``tasks/demo``) and the responses (``examples/demo/responses.csv``), both
+   shipped in the package (``rubricate.resources``), so an installed copy runs it from any folder;
 2. make and persist a stratified train/validation/test split;
 3. cross-fit a cheap per-task teacher (TF-IDF specialists, K folds) -> a teacher-outputs file;
 4. train a UniMoE-Guided student (MiniLM + task-aware MoE + heads, with distillation) from ``recipes/demo.yaml``;
@@ -23,19 +24,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from rubricate.resources import resource_path
+
+
+def _shipped(*parts: str) -> Any:
+    """A default factory for a shipped file: resolved when the config is made, not at import."""
+    return field(default_factory=lambda: resource_path(*parts))
 
 
 @dataclass
 class DemoConfig:
     """Every path and knob of the demo (the CLI exposes them as options)."""
 
-    out_dir: Path = Path("runs/demo")
-    tasks_dir: Path = REPO_ROOT / "tasks" / "demo"
-    responses: Path = REPO_ROOT / "examples" / "demo" / "responses.csv"
-    new_task: Path = REPO_ROOT / "examples" / "demo" / "new_task.yaml"
-    new_task_responses: Path = REPO_ROOT / "examples" / "demo" / "new_task_responses.csv"
-    recipe: Path = REPO_ROOT / "recipes" / "demo.yaml"
+    out_dir: Path = Path("runs/demo")  #: relative to the current directory
+    tasks_dir: Path = _shipped("tasks", "demo")
+    responses: Path = _shipped("examples", "demo", "responses.csv")
+    new_task: Path = _shipped("examples", "demo", "new_task.yaml")
+    new_task_responses: Path = _shipped("examples", "demo", "new_task_responses.csv")
+    recipe: Path = _shipped("recipes", "demo.yaml")
     seed: int = 13
     #: train/validation/test shares; the demo set is small (80 per task), so the test share is larger than
     #: the usual 0.1 to make the report's numbers less noisy.
@@ -138,8 +144,10 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> DemoResult:
 
     # 4. student ---------------------------------------------------------------------------------------
     t0 = time.time()
+    # tasks/data: the recipe's checkout-relative paths would not exist in an installed copy's working folder.
     overrides: dict[str, Any] = {"output_dir": str(out / "student"), "teacher_file": str(teacher_path),
-                                 "teacher_policy": "ignore_extra", "seed": cfg.seed}
+                                 "teacher_policy": "ignore_extra", "seed": cfg.seed,
+                                 "tasks": str(cfg.tasks_dir), "data": str(cfg.responses)}
     if cfg.epochs is not None:
         overrides["epochs"] = cfg.epochs
     args = TrainingArguments.from_yaml(cfg.recipe, overrides=overrides)

@@ -7,7 +7,10 @@ stay inside the command functions so that ``rubricate --help`` is instant.
 
 from __future__ import annotations
 
+import inspect
 import sys
+from pathlib import Path
+from typing import Any, Callable
 
 import typer
 
@@ -34,6 +37,16 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """rubricate: tasks and rubrics, a compact multi-task student, LLM agents, reliability reports."""
+
+
+#: where ``--tasks`` looks by default: the ``tasks`` folder of the current directory (a checkout links it to the
+#: shipped task files, ``rubricate.resources``).
+TASKS_DIR = Path("tasks")
+
+
+def default_of(fn: Callable[..., Any], name: str) -> Any:
+    """The default of parameter ``name`` of a library function, for options that have no argument dataclass."""
+    return inspect.signature(fn).parameters[name].default
 
 
 def _register() -> None:

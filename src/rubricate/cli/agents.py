@@ -1,6 +1,7 @@
 """Agents verbs: ``rubricate agents score | components-reliability | teach``.
 
-Heavy imports (openai, llama_cpp) stay inside the commands so that ``rubricate --help`` is instant.
+Option defaults are read from ``PipelineConfig``, the backends' and the library functions' signatures, never
+retyped. Heavy imports (openai, llama_cpp) stay inside the backends, so ``rubricate --help`` is instant.
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from typing import Optional
 
 import typer
 
+from rubricate.agents.backends import LlamaCppBackend, OpenAIBackend, make_backend
+from rubricate.agents.pipeline import PipelineConfig as P
+from rubricate.agents.teacher import teacher_file_from_results
+from rubricate.cli import TASKS_DIR, default_of
+
+#: responses in flight for ``agents score`` (the library's default is 1; a server usually takes several)
+CLI_CONCURRENCY = 4
+
 agents_app = typer.Typer(help="Rubric-aligned multi-agent LLM scoring (AutoSCORE): score, check, distil.",
                          no_args_is_help=True)
 
@@ -20,30 +29,30 @@ def score(
     input: Path = typer.Option(..., "--input", "-i", help="Responses: .csv/.tsv (response_id, text[, task_id]) or records .jsonl."),
     output: Path = typer.Option(..., "--output", "-o", help="Results JSONL (appended; a rerun resumes)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task id (needed when the input has no task_id column)."),
-    tasks_dir: Path = typer.Option(Path("tasks"), "--tasks", help="Folder (or file) of task files."),
-    backend: str = typer.Option("local", "--backend", "-b", help="local (in-process GGUF) | openai (any OpenAI-compatible server)."),
+    tasks_dir: Path = typer.Option(TASKS_DIR, "--tasks", help="Folder (or file) of task files."),
+    backend: str = typer.Option(default_of(make_backend, "kind"), "--backend", "-b", help="local (in-process GGUF) | openai (any OpenAI-compatible server)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="local: smollm2 | gemma3 | path.gguf; openai: model name."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
-    structured: str = typer.Option("json_schema", "--structured", help="openai: json_schema | json_object_schema | json_object | guided_json | none."),
-    mode: str = typer.Option("multi", "--mode", help="multi (extract -> score) | single (one-call baseline)."),
-    scoring: str = typer.Option("llm", "--scoring", help="multi mode: llm (scoring agent) | rules (the task's scoring rules)."),
-    verify: bool = typer.Option(False, "--verify", help="Run the verifier agent on each extraction."),
-    feedback: bool = typer.Option(False, "--feedback", help="Write <= --feedback-words words of feedback per response."),
-    feedback_words: int = typer.Option(80, "--feedback-words"),
-    samples: int = typer.Option(1, "--samples", help="Self-consistency: scoring samples per response (majority vote)."),
-    sample_temperature: float = typer.Option(0.7, "--sample-temperature"),
-    temperature: float = typer.Option(0.0, "--temperature"),
-    logprobs: bool = typer.Option(False, "--logprobs", help="Keep token log-probabilities of the score (teacher bridge)."),
-    max_attempts: int = typer.Option(3, "--max-attempts", help="Parse/validate attempts per agent call."),
-    rationale_chars: int = typer.Option(300, "--rationale-chars", help="Cap of the scoring rationale; 0 = none."),
-    evidence: str = typer.Option("free", "--evidence", help="free (the model writes quotes; grounding is checked) | "
+    api_key_env: str = typer.Option(default_of(make_backend, "api_key_env"), "--api-key-env", help="Environment variable holding the API key."),
+    structured: str = typer.Option(default_of(OpenAIBackend, "structured"), "--structured", help="openai: json_schema | json_object_schema | json_object | guided_json | none."),
+    mode: str = typer.Option(P.mode, "--mode", help="multi (extract -> score) | single (one-call baseline)."),
+    scoring: str = typer.Option(P.scoring, "--scoring", help="multi mode: llm (scoring agent) | rules (the task's scoring rules)."),
+    verify: bool = typer.Option(P.verify, "--verify", help="Run the verifier agent on each extraction."),
+    feedback: bool = typer.Option(P.feedback, "--feedback", help="Write <= --feedback-words words of feedback per response."),
+    feedback_words: int = typer.Option(P.feedback_words, "--feedback-words"),
+    samples: int = typer.Option(P.samples, "--samples", help="Self-consistency: scoring samples per response (majority vote)."),
+    sample_temperature: float = typer.Option(P.sample_temperature, "--sample-temperature"),
+    temperature: float = typer.Option(P.temperature, "--temperature"),
+    logprobs: bool = typer.Option(P.logprobs, "--logprobs", help="Keep token log-probabilities of the score (teacher bridge)."),
+    max_attempts: int = typer.Option(P.max_attempts, "--max-attempts", help="Parse/validate attempts per agent call."),
+    rationale_chars: int = typer.Option(P.rationale_chars, "--rationale-chars", help="Cap of the scoring rationale; 0 = none."),
+    evidence: str = typer.Option(P.evidence, "--evidence", help="free (the model writes quotes; grounding is checked) | "
                                                            "spans (quotes restricted to the response's sentences)."),
-    concurrency: int = typer.Option(4, "--concurrency", "-j", help="Responses in flight (the local backend runs 1)."),
-    timeout: float = typer.Option(60.0, "--timeout", help="openai: seconds per request (local calls are bounded "
+    concurrency: int = typer.Option(CLI_CONCURRENCY, "--concurrency", "-j", help="Responses in flight (the local backend runs 1)."),
+    timeout: float = typer.Option(default_of(OpenAIBackend, "timeout_s"), "--timeout", help="openai: seconds per request (local calls are bounded "
                                   "by their token caps)."),
-    max_retries: int = typer.Option(4, "--max-retries", help="openai: retries on 429/5xx/timeouts."),
-    n_ctx: int = typer.Option(4096, "--n-ctx", help="local: context window."),
+    max_retries: int = typer.Option(default_of(OpenAIBackend, "max_retries"), "--max-retries", help="openai: retries on 429/5xx/timeouts."),
+    n_ctx: int = typer.Option(default_of(LlamaCppBackend, "n_ctx"), "--n-ctx", help="local: context window."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Switch the on-disk request cache off."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Default: $RUBRICATE_CACHE/llm or ~/.cache/rubricate/llm."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start the output file afresh instead of resuming."),
@@ -54,10 +63,9 @@ def score(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N responses."),
 ) -> None:
     """Score responses with the agents; every row keeps score, status, evidence, raw outputs, tokens, latency."""
-    from rubricate.agents.backends import make_backend
     from rubricate.agents.cache import RequestCache, default_cache_dir
     from rubricate.agents.io import read_price_table, read_responses
-    from rubricate.agents.pipeline import PipelineConfig, score_responses, summarize
+    from rubricate.agents.pipeline import score_responses, summarize
     from rubricate.tasks import TaskRegistry
 
     registry = TaskRegistry.from_dir(tasks_dir)
@@ -79,7 +87,7 @@ def score(
         prices[llm.model] = (price_in, price_out or 0.0)
     if prices_file is not None and llm.model not in prices:
         typer.echo(f"note: {prices_file} has no price for model '{llm.model}'; cost is not computed", err=True)
-    config = PipelineConfig(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
+    config = P(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
                             feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
                             temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
                             rationale_chars=rationale_chars, evidence=evidence, prices=prices or None)
@@ -96,7 +104,7 @@ def components_reliability(
     pred: Path = typer.Option(..., "--pred", help="Results JSONL from 'agents score'."),
     gold: Path = typer.Option(..., "--gold", help="Human-annotated components CSV (response_id + one column per component)."),
     task: str = typer.Option(..., "--task", "-t"),
-    tasks_dir: Path = typer.Option(Path("tasks"), "--tasks"),
+    tasks_dir: Path = typer.Option(TASKS_DIR, "--tasks"),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the report as JSON."),
 ) -> None:
     """Agreement of extracted components with human annotation: accuracy, kappa, MAE, RMSE, Pearson, exact match."""
@@ -130,12 +138,11 @@ def components_reliability(
 def teach(
     results: Path = typer.Option(..., "--results", help="Results JSONL from 'agents score'."),
     out: Path = typer.Option(..., "--out", help="Teacher-outputs JSONL to write."),
-    tasks_dir: Path = typer.Option(Path("tasks"), "--tasks"),
-    allow_hard: bool = typer.Option(False, "--allow-hard", help="Use one-hot labels when a result has no distribution."),
+    tasks_dir: Path = typer.Option(TASKS_DIR, "--tasks"),
+    allow_hard: bool = typer.Option(default_of(teacher_file_from_results, "allow_hard"), "--allow-hard", help="Use one-hot labels when a result has no distribution."),
     source: Optional[str] = typer.Option(None, "--source", help="Source name stored in each row."),
 ) -> None:
     """Turn agent results into a teacher-outputs file (soft labels) for distilling into the student."""
-    from rubricate.agents.teacher import teacher_file_from_results
     from rubricate.tasks import TaskRegistry
 
     summary = teacher_file_from_results(results, TaskRegistry.from_dir(tasks_dir), out, allow_hard=allow_hard,

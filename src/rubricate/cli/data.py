@@ -7,6 +7,10 @@ from typing import Any, List, Optional
 
 import typer
 
+from rubricate.cli import default_of
+from rubricate.data.loaders import load_table
+from rubricate.data.splits import DEFAULT_FRACTIONS, DEFAULT_SEED
+
 data_app = typer.Typer(help="Check data files against task files; make persisted train/validation/test splits.",
                        no_args_is_help=True)
 
@@ -59,9 +63,9 @@ _FMT = typer.Option("table", "--format", "-f", help=_FORMAT_HELP)
 _TASKS = typer.Option(None, "--tasks", "-t", help="Task folder: validates task ids and label ranges.")
 _SETS = typer.Option(None, "--sets", help="ASAP formats: comma-separated set numbers (default: all).")
 _TASK_ID = typer.Option(None, "--task-id", help="table: one task id for every row.")
-_TASK_COL = typer.Option("task_id", "--task-column", help="table: column holding the task id.")
-_ID_COL = typer.Option("response_id", "--id-column", help="table: column holding the response id.")
-_TEXT_COL = typer.Option("text", "--text-column", help="table: column holding the response text.")
+_TASK_COL = typer.Option(default_of(load_table, "task_column"), "--task-column", help="table: column holding the task id.")
+_ID_COL = typer.Option(default_of(load_table, "id_column"), "--id-column", help="table: column holding the response id.")
+_TEXT_COL = typer.Option(default_of(load_table, "text_column"), "--text-column", help="table: column holding the response text.")
 _LABEL = typer.Option(None, "--label", help="table: LABEL=COLUMN (repeatable); default: columns named like the "
                       "task's label keys.")
 _RATER2 = typer.Option(None, "--rater2", help="table: LABEL=COLUMN of a second rater (repeatable).")
@@ -103,8 +107,8 @@ def validate(
 def split(
     input: Path = typer.Argument(..., help="Data file."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the split file (JSON)."),
-    seed: int = typer.Option(13, "--seed", help="Random seed (the split is a pure function of data + seed)."),
-    fractions: str = typer.Option("0.8,0.1,0.1", "--fractions", help="train,validation,test fractions."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random seed (the split is a pure function of data + seed)."),
+    fractions: str = typer.Option(",".join(map(str, DEFAULT_FRACTIONS)), "--fractions", help="train,validation,test fractions."),
     no_stratify: bool = typer.Option(False, "--no-stratify", help="Do not stratify on the primary score."),
     format: str = _FMT, tasks: Optional[Path] = _TASKS, sets: Optional[str] = _SETS, task_id: Optional[str] = _TASK_ID,
     task_column: str = _TASK_COL, id_column: str = _ID_COL, text_column: str = _TEXT_COL,

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import typer
+
+from rubricate.cli import TASKS_DIR
+
+#: characters of a task's context passage that ``tasks show`` prints without --full
+CONTEXT_PREVIEW_CHARS = 1200
 
 tasks_app = typer.Typer(help="Validate and show task files (question + rubric).", no_args_is_help=True)
 
@@ -73,29 +78,39 @@ def validate(
 @tasks_app.command("show")
 def show(
     task_id: str = typer.Argument(..., help="Task id, e.g. asap-sas-2 (or a task file path)."),
-    tasks: Path = typer.Option(Path("tasks"), "--tasks", "-t", help="Task folder (or file) to look in."),
+    tasks: Path = typer.Option(TASKS_DIR, "--tasks", "-t", help="Task folder (or file) to look in."),
     full: bool = typer.Option(False, "--full", help="Print the whole context passage instead of its start."),
 ) -> None:
     """Render a task: question, context, rubric, components, scoring rules and the student's label encoding."""
     from rich.console import Console
-    from rich.markdown import Markdown
-    from rich.panel import Panel
-    from rich.table import Table
 
-    from rubricate.labels import LabelEncoding
     from rubricate.tasks import TaskRegistry, load_task
 
+    task = load_task(task_id) if Path(task_id).is_file() else TaskRegistry.from_dir(tasks).get(task_id)
     console = Console()
-    if Path(task_id).is_file():
-        task = load_task(task_id)
-    else:
-        task = TaskRegistry.from_dir(tasks).get(task_id)
+    _print_question(console, task, full)
+    _print_rubric(console, task)
+    _print_encoding(console, task)
+
+
+def _print_question(console: Any, task: Any, full: bool) -> None:
+    """The question and (the start of) the context passage, as Markdown."""
+    from rich.markdown import Markdown
+    from rich.panel import Panel
 
     meta = " · ".join(str(x) for x in (task.subject, f"grade {task.grade}" if task.grade else None) if x)
     console.print(Panel(Markdown(task.question), title=f"[bold]{task.id}[/bold] - {task.title}", subtitle=meta or None))
     if task.context:
-        ctx = task.context if full or len(task.context) <= 1200 else task.context[:1200] + "\n\n*... (--full shows all)*"
+        short = full or len(task.context) <= CONTEXT_PREVIEW_CHARS
+        ctx = task.context if short else task.context[:CONTEXT_PREVIEW_CHARS] + "\n\n*... (--full shows all)*"
         console.print(Panel(Markdown(ctx), title="context"))
+
+
+def _print_rubric(console: Any, task: Any) -> None:
+    """Criteria, scales, components, scoring rules and notes, one table each."""
+    from rich.markdown import Markdown
+    from rich.panel import Panel
+    from rich.table import Table
 
     if task.criteria:
         t = Table(title="Analytic criteria (binary)")
@@ -138,6 +153,13 @@ def show(
         console.print(t)
     if task.rubric.notes:
         console.print(Panel(Markdown(task.rubric.notes), title="notes"))
+
+
+def _print_encoding(console: Any, task: Any) -> None:
+    """The student's binary targets for the task (rubricate.labels)."""
+    from rich.table import Table
+
+    from rubricate.labels import LabelEncoding
 
     enc = LabelEncoding.from_task(task)
     t = Table(title=f"Label encoding: {enc.n_labels} binary targets for the student")

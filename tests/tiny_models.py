@@ -1,4 +1,4 @@
-"""Tiny random encoders (and causal LMs) built in code, for unit tests and smoke runs.
+"""Tiny random encoders (and causal LMs) built in code, for the tests only (not shipped in the package).
 
 Real models are too slow for a 2-core CI machine; these have the same interfaces (a Hugging Face
 directory with config, weights and a fast tokenizer) and train in a second. Any English text
