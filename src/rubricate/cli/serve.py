@@ -7,7 +7,7 @@ is instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -22,6 +22,23 @@ reviews_app = typer.Typer(help="Human review decisions.", no_args_is_help=True)
 DB_HELP = f"SQLAlchemy URL (default: $RUBRICATE_DATABASE_URL or {SERVE_DEFAULTS.database_url})."
 
 
+
+def _export_default(name: str) -> Any:
+    """Defaults of ``rubricate export`` = those of ``student.export.export_checkpoint`` (never retyped)."""
+    from rubricate.cli import default_of
+    from rubricate.student.export import export_checkpoint
+
+    return default_of(export_checkpoint, name)
+
+
+def _scorer_default(name: str) -> Any:
+    """Defaults of ``rubricate predict``'s model options = those of ``Scorer.from_pretrained``."""
+    from rubricate.cli import default_of
+    from rubricate.student.scorer import Scorer
+
+    return default_of(Scorer.from_pretrained, name)
+
+
 def _db_url(url: str | None) -> str:
     import os
 
@@ -31,16 +48,16 @@ def _db_url(url: str | None) -> str:
 def export(
     model: Path = typer.Argument(..., help="Student checkpoint directory."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write an ONNX graph (the only export format)."),
-    int8: bool = typer.Option(False, "--int8", help="Also write a dynamic int8 quantized graph."),
-    opset: int = typer.Option(17, help="ONNX opset."),
-    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8: one weight scale per column."),
-    reduce_range: bool = typer.Option(True, "--reduce-range/--full-range",
+    int8: bool = typer.Option(_export_default("int8"), "--int8", help="Also write a dynamic int8 quantized graph."),
+    opset: int = typer.Option(_export_default("opset"), help="ONNX opset."),
+    per_channel: bool = typer.Option(_export_default("per_channel"), "--per-channel/--per-tensor", help="int8: one weight scale per column."),
+    reduce_range: bool = typer.Option(_export_default("reduce_range"), "--reduce-range/--full-range",
                                       help="int8: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI)."),
-    tol_fp32: float = typer.Option(1e-4, help="Parity tolerance: max |dprob| vs torch for fp32."),
-    tol_int8: float = typer.Option(0.03, help="Parity tolerance: max |dprob| vs torch for int8."),
+    tol_fp32: float = typer.Option(_export_default("tolerance_fp32"), help="Parity tolerance: max |dprob| vs torch for fp32."),
+    tol_int8: float = typer.Option(_export_default("tolerance_int8"), help="Parity tolerance: max |dprob| vs torch for int8."),
     int8_exclude: Optional[str] = typer.Option(None, "--int8-exclude", help="int8: regex of MatMul/Gemm node "
                                                "names kept in fp32."),
-    int8_fallback: bool = typer.Option(True, "--int8-fallback/--no-int8-fallback",
+    int8_fallback: bool = typer.Option(_export_default("int8_fallback"), "--int8-fallback/--no-int8-fallback",
                                        help="int8: while parity fails, keep more MatMuls in fp32 (each layer's "
                                             "feed-forward output, then its other projections) and check again."),
 ) -> None:
@@ -75,8 +92,8 @@ def predict(
     model: Path = typer.Option(..., "--model", help="Student checkpoint directory."),
     input: Path = typer.Option(..., "--input", help="CSV, TSV, JSONL or Parquet with task_id, text, response_id."),
     output: Path = typer.Option(..., "--output", help="CSV, TSV, JSONL or Parquet (format from the extension)."),
-    backend: str = typer.Option("auto", help="auto (ONNX when exported) | torch | onnx."),
-    int8: bool = typer.Option(False, "--int8", help="Use the int8 model (ONNX int8 file, or torch dynamic int8)."),
+    backend: str = typer.Option(_scorer_default("backend"), help="auto (ONNX when exported) | torch | onnx."),
+    int8: bool = typer.Option(_scorer_default("quantize"), "--int8", help="Use the int8 model (ONNX int8 file, or torch dynamic int8)."),
     chunk_size: int = typer.Option(_PREDICT.chunk_size, help="Rows read, scored and committed together."),
     batch_size: int = typer.Option(_PREDICT.batch_size, help="Rows per forward pass."),
     review_confidence: float = typer.Option(_PREDICT.review_confidence, help="needs_review = confidence below this."),
