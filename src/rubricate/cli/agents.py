@@ -63,40 +63,19 @@ def score(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N responses."),
 ) -> None:
     """Score responses with the agents; every row keeps score, status, evidence, raw outputs, tokens, latency."""
-    from rubricate.agents.cache import RequestCache, default_cache_dir
-    from rubricate.agents.io import read_price_table, read_responses
-    from rubricate.agents.pipeline import score_responses, summarize
-    from rubricate.tasks import TaskRegistry
+    from rubricate.agents.run import BackendOptions, score_file
 
-    registry = TaskRegistry.from_dir(tasks_dir)
-    if task is not None:
-        registry.get(task)
-    records = read_responses(input, task_id=task)
-    for r in records:
-        registry.get(r.task_id)
-    if limit is not None:
-        records = records[:limit]
-    prices = read_price_table(prices_file) if prices_file is not None else {}  # bad file: fail before model load
-    kw: dict = {}
-    if backend == "openai":
-        kw = dict(structured=structured, timeout_s=timeout, max_retries=max_retries)
-    elif backend == "local":
-        kw = dict(n_ctx=n_ctx, logprobs=logprobs)
-    llm = make_backend(backend, model=model, base_url=base_url, api_key_env=api_key_env, **kw)  # type: ignore[arg-type]
-    if price_in is not None:
-        prices[llm.model] = (price_in, price_out or 0.0)
-    if prices_file is not None and llm.model not in prices:
-        typer.echo(f"note: {prices_file} has no price for model '{llm.model}'; cost is not computed", err=True)
     config = P(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
-                            feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
-                            temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
-                            rationale_chars=rationale_chars, evidence=evidence, prices=prices or None)
-    cache = RequestCache(cache_dir or default_cache_dir(), enabled=not no_cache)
-    results = score_responses(registry, records, llm, config, cache=cache, output=output, resume=not no_resume,
-                              concurrency=concurrency, progress=True)
-    s = summarize(results)
-    s.update(cache_hits=cache.hits, output=str(output), backend=llm.name, model=llm.model)
-    typer.echo(json.dumps(s, indent=1))
+               feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
+               temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
+               rationale_chars=rationale_chars, evidence=evidence)  # type: ignore[arg-type]
+    options = BackendOptions(backend, model, base_url, api_key_env,
+                             openai=dict(structured=structured, timeout_s=timeout, max_retries=max_retries),
+                             local=dict(n_ctx=n_ctx, logprobs=logprobs))
+    summary = score_file(input, output, tasks_dir, options, config, task=task, limit=limit, prices_file=prices_file,
+                         price_in=price_in, price_out=price_out, cache_dir=cache_dir, use_cache=not no_cache,
+                         resume=not no_resume, concurrency=concurrency, warn=lambda m: typer.echo(m, err=True))
+    typer.echo(json.dumps(summary, indent=1))
 
 
 @agents_app.command("components-reliability")
