@@ -362,7 +362,7 @@ def _prepare(args: TrainingArguments, registry: TaskRegistry, train_records: lis
 
 
 def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry, train_set: EncodedSet,
-               val_set: EncodedSet | None) -> tuple[StudentModel, dict[str, Any], Callable[[], dict[str, Any]] | None]:
+               val_set: EncodedSet | None) -> tuple[StudentModel, dict[str, Any]]:
     """A fresh student trained on ``train_set`` (early stopping on ``val_set`` when given)."""
     set_seed(args.seed)
     model = StudentModel.from_encoder(args.model_config(prep.tids, [prep.encodings[t].n_labels for t in prep.tids]))
@@ -384,18 +384,17 @@ def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
     n = len(prep.tids)
     summary = fit(model, train_set, val_set, args, groups, forward, evaluate, args.use_kd,
                   desc=f"{args.method} ({n} task{'s' if n > 1 else ''})")
-    return model, summary, evaluate
+    return model, summary
 
 
-def _fit_checkpoint_decoder(args: TrainingArguments, model: StudentModel, prep: _Prepared) -> Decoder:
+def _fit_checkpoint_decoder(args: TrainingArguments, prep: _Prepared, val_logits: np.ndarray | None) -> Decoder:
     """The decoder of ``args.decoder``, fit on the validation predictions (module rubricate.student.decoding)."""
     if args.decoder.kind == "threshold":
         return Decoder("threshold", args.decoder.threshold)
-    if prep.val_set is None or not len(prep.val_set):
+    if prep.val_set is None or val_logits is None:
         raise InputError(f"decoder '{args.decoder.kind}' is fit on validation data: set 'split', 'val_data' or "
                          "use decoder kind 'threshold'")
-    logits, _ = run_model(model, prep.val_set.input_ids, prep.val_set.task_index, prep.pad_id, args.eval_batch_size)
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probs = 1.0 / (1.0 + np.exp(-val_logits.astype(np.float64)))
     val_probs, val_gold = {}, {}
     for i, t in enumerate(prep.tids):
         rows = prep.val_set.task_index == i
@@ -425,7 +424,7 @@ def _refit(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
     merged = concat_sets(prep.train_set, extra)
     refit_args = copy.deepcopy(args)
     refit_args.epochs = epochs
-    model, summary, _ = _fit_model(refit_args, prep, registry, merged, None)
+    model, summary = _fit_model(refit_args, prep, registry, merged, None)
     return model, summary
 
 
@@ -434,10 +433,16 @@ def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: l
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     prep = _prepare(args, registry, train_records, val_records)
-    model, summary, evaluate = _fit_model(args, prep, registry, prep.train_set, prep.val_set)
-    decoder = _fit_checkpoint_decoder(args, model, prep)
+    model, summary = _fit_model(args, prep, registry, prep.train_set, prep.val_set)
+    val, val_logits = None, None
+    if prep.val_set is not None and len(prep.val_set):  # one pass over validation for the metrics and the decoder
+        val_logits, _ = run_model(model, prep.val_set.input_ids, prep.val_set.task_index, prep.pad_id,
+                                  args.eval_batch_size)
+        val = evaluate_agreement(model, prep.val_set, registry, prep.encodings, prep.pad_id, args.eval_batch_size,
+                                 args.decoder.threshold, logits=val_logits)
+    decoder = _fit_checkpoint_decoder(args, prep, val_logits)
     info = {k: v for k, v in prep.info.items() if k != "train_gold"}
-    metrics: dict[str, Any] = {"method": args.method, "val": evaluate() if evaluate is not None else None,
+    metrics: dict[str, Any] = {"method": args.method, "val": val,
                                **info, **{k: v for k, v in summary.items() if k != "history"}}
     out = Path(args.output_dir)
     history = summary["history"]
