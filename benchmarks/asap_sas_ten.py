@@ -52,6 +52,8 @@ BASE_ARGS: dict[str, Any] = dict(encoder="minilm", epochs=3.0, batch_size=32, lr
 RUNS: dict[str, dict[str, Any]] = {
     "unimoe": {"method": "unimoe", "second_rater": "ignore"},
     "unimoe-soft": {"method": "unimoe", "second_rater": "soft"},
+    "unimoe-soft-e4": {"method": "unimoe", "second_rater": "soft", "epochs": 4.0},
+    "mtl-soft-e4": {"method": "mtl", "second_rater": "soft", "epochs": 4.0},
     "unimoe-dup": {"method": "unimoe", "second_rater": "duplicate"},
     "unimoe-len128": {"method": "unimoe", "second_rater": "ignore", "max_length": 128},
     "mtl": {"method": "mtl", "second_rater": "ignore"},
