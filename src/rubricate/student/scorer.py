@@ -43,6 +43,8 @@ class Prediction:
     gate_weights: list[list[float]] = field(default_factory=list)  # [n_moe_layers][n_experts]; [] without MoE
     model_id: str = ""
     model_version: str = ""
+    #: where the task's scores come from: "trained" (a trained head), "few_shot" or "zero_shot" (task_text_scorer)
+    source: str = "trained"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,11 +91,19 @@ class Scorer:
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, backend: Backend = "auto", quantize: bool = False,
-                        threshold: float | None = None, num_threads: int | None = None) -> "Scorer":
+                        threshold: float | None = None, num_threads: int | None = None,
+                        tasks: TaskRegistry | str | Path | None = None) -> "Scorer":
+        """Load a checkpoint; a task-text one (``"architecture": "task_text"``) loads as
+        ``task_text_scorer.TaskTextScorer``, which also scores the tasks of ``tasks`` (a registry or a folder)."""
         d = Path(checkpoint_dir)
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         doc = read_document(d)
+        if doc.get("architecture") == "task_text":
+            from rubricate.student.task_text_scorer import TaskTextScorer
+
+            return TaskTextScorer.from_pretrained(d, tasks=tasks, threshold=threshold,  # type: ignore[return-value]
+                                                  num_threads=num_threads)
         registry, encodings = load_tasks(doc)
         onnx_file = d / "onnx" / ("model.int8.onnx" if quantize else "model.onnx")
         engine = None
