@@ -190,6 +190,25 @@ class Rubric(_Strict):
         return self
 
 
+class ReferenceAnswer(_Strict):
+    """A model answer to the question (SemEval, Mohler, SAF): what zero-shot scoring compares responses with.
+
+    ``category`` keeps the source's grading of the reference itself (Beetle: BEST / GOOD / MINIMAL / KEYWORD);
+    ``id`` is the source's id (Beetle's ``answerMatch`` attribute of a response names it).
+    """
+
+    text: str = Field(min_length=1)
+    category: str | None = None
+    id: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("a reference answer must not be blank")
+        return v
+
+
 class Task(_Strict):
     """One assessment item with its rubric."""
 
@@ -200,11 +219,23 @@ class Task(_Strict):
     grade: int | str | None = None
     subject: str | None = None
     rubric: Rubric
+    reference_answers: list[ReferenceAnswer] = Field(
+        default_factory=list, description="Model answers to the question (optional; used by zero-shot scoring).",
+    )
     prompts: dict[str, str] = Field(
         default_factory=dict,
         description="Per-agent prompt template overrides: agent name -> template file (relative to the task file).",
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reference_answers")
+    @classmethod
+    def _unique_reference_ids(cls, v: list[ReferenceAnswer]) -> list[ReferenceAnswer]:
+        ids = [r.id for r in v if r.id is not None]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"reference answer ids must be unique; repeated: {dupes}")
+        return v
 
     @property
     def scales(self) -> list[Scale]:

@@ -14,7 +14,9 @@ from rubricate.data.splits import DEFAULT_FRACTIONS, DEFAULT_SEED
 data_app = typer.Typer(help="Check data files against task files; make persisted train/validation/test splits.",
                        no_args_is_help=True)
 
-_FORMAT_HELP = "asap-sas | asap-aes | asap-pp | table (CSV/TSV/JSONL/Parquet + column mapping) | records (native JSONL)"
+_FORMAT_HELP = ("asap-sas | asap-aes | asap-pp | table (CSV/TSV/JSONL/Parquet + column mapping) | records (native JSONL) | "
+                "semeval-2way (folder training/2way) | mohler (CSV) | saf (folder of XMLs): the last three make their "
+                "own tasks")
 
 
 def _pairs(values: list[str] | None, option: str) -> dict[str, str] | None:
@@ -38,10 +40,18 @@ def _load(
     from rich.console import Console
 
     from rubricate.data.loaders import LOADERS, load_data
+    from rubricate.data.new_items import CONVERTERS
     from rubricate.tasks import TaskRegistry
 
+    if format in CONVERTERS:
+        if tasks:
+            raise typer.BadParameter(f"the {format} format makes its own tasks: drop --tasks", param_hint="--tasks")
+        with Console(stderr=True).status(f"converting {input} ({format})"):
+            new_tasks, records = CONVERTERS[format](input)
+        return records, TaskRegistry(new_tasks)
     if format not in LOADERS:
-        raise typer.BadParameter(f"unknown format '{format}' ({', '.join(LOADERS)})", param_hint="--format")
+        known = ", ".join([*LOADERS, *CONVERTERS])
+        raise typer.BadParameter(f"unknown format '{format}' ({known})", param_hint="--format")
     registry = TaskRegistry.from_dir(tasks) if tasks else None
     opts: dict[str, Any] = {"registry": registry}
     if format in ("asap-sas", "asap-aes", "asap-pp"):
@@ -151,14 +161,22 @@ def convert(
     task_column: str = _TASK_COL, id_column: str = _ID_COL, text_column: str = _TEXT_COL,
     label: Optional[List[str]] = _LABEL, rater2: Optional[List[str]] = _RATER2, group: Optional[List[str]] = _GROUP,
     aes: Optional[Path] = _AES,
+    tasks_out: Optional[Path] = typer.Option(None, "--tasks-out", help="semeval-2way / mohler / saf: folder to write "
+                                             "the task files to (one YAML per question)."),
 ) -> None:
     """Load any supported format and write native records JSONL (what other commands read fastest)."""
+    from rubricate.data.new_items import CONVERTERS, write_task_files
     from rubricate.data.records import write_records
 
-    records, _ = _load(input, format, tasks, sets, task_id, task_column, id_column, text_column, label, rater2,
-                       group, aes)
+    if tasks_out is not None and format not in CONVERTERS:
+        raise typer.BadParameter(f"only {', '.join(CONVERTERS)} make task files", param_hint="--tasks-out")
+    records, registry = _load(input, format, tasks, sets, task_id, task_column, id_column, text_column, label,
+                              rater2, group, aes)
     write_records(records, out)
     typer.echo(f"{len(records)} records written to {out}")
+    if tasks_out is not None:
+        paths = write_task_files(list(registry), tasks_out)
+        typer.echo(f"{len(paths)} task files written to {tasks_out}")
 
 
 def register(app: typer.Typer) -> None:

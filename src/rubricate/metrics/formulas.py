@@ -1,4 +1,5 @@
-"""Small, documented formulas: κ / QWK, agreement, errors, correlations, SMD and the Fisher-z mean.
+"""Small, documented formulas: κ / QWK, agreement, errors, correlations, SMD, the Fisher-z mean and the
+classification metrics of SemEval-2013 task 7 (accuracy, macro-F1, weighted-F1).
 
 Each function computes one number of the module documentation of :mod:`rubricate.metrics` (notation:
 ``h`` human / rater 1, ``m`` machine, integer scores on ``min..max``). The ``*_from_confusion`` functions
@@ -213,6 +214,32 @@ def standardized_mean_difference(
     else:
         raise ValueError(f"unknown SMD method {method!r} (use 'pooled' or 'human')")
     return float((m.mean() - h.mean()) / sd) if sd > 0 else math.nan
+
+
+def classification_metrics(
+    gold: Sequence[int] | np.ndarray,
+    predicted: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """SemEval-2013 task 7's metrics of class predictions: ``accuracy``, ``macro_f1``, ``weighted_f1``.
+
+    macro-F1 is the unweighted mean of the per-class F1 over ``labels`` (default: every class seen in gold or
+    prediction), weighted-F1 the mean weighted by each class's gold count (sklearn ``f1_score``). A class
+    that is never predicted and never gold-labelled counts F1 = 0 (``zero_division=0``), as in sklearn.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    g, m = np.asarray(gold), np.asarray(predicted)
+    if g.shape != m.shape:
+        raise ValueError(f"gold and predicted have different lengths ({len(g)} vs {len(m)})")
+    if len(g) == 0:
+        return {"accuracy": math.nan, "macro_f1": math.nan, "weighted_f1": math.nan}
+    labs = sorted(set(g.tolist()) | set(m.tolist())) if labels is None else list(labels)
+    return {
+        "accuracy": float(accuracy_score(g, m)),
+        "macro_f1": float(f1_score(g, m, labels=labs, average="macro", zero_division=0.0)),
+        "weighted_f1": float(f1_score(g, m, labels=labs, average="weighted", zero_division=0.0)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------
