@@ -25,8 +25,9 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from xml.parsers import expat
 
 import yaml
@@ -35,10 +36,11 @@ from rubricate.data.records import Record
 from rubricate.data.tables import require_columns, strict_rows
 from rubricate.data.text import text_problem
 from rubricate.errors import InputError, TaskFileError
+from rubricate.tasks import _ID as TASK_ID_PATTERN
 from rubricate.tasks import ReferenceAnswer, Task, task_from_dict
 
 Converted = tuple[list[Task], list[Record]]
-_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_TASK_ID = re.compile(TASK_ID_PATTERN)  # the id rule of task files, checked early for a message with a line
 
 
 # --- XML with line numbers ------------------------------------------------------------------------------
@@ -123,14 +125,30 @@ def _make_task(data: dict[str, Any], source: Path) -> Task:
         raise InputError("; ".join(e.problems), file=source) from None
 
 
-def _check_unique(records: list[Record], where: dict[tuple[str, str], tuple[Path, int | None]],
-                  rec: Record, path: Path, line: int | None, field: str) -> None:
-    if rec.key in where:
-        first = where[rec.key]
-        raise InputError(f"duplicate response id '{rec.response_id}' for task '{rec.task_id}' (first seen in "
-                         f"{first[0]}, line {first[1]})", file=path, line=line, column=field)
-    where[rec.key] = (path, line)
-    records.append(rec)
+_Question = tuple[Task, list[tuple[Record, "int | None"]]]
+
+
+def _convert_xml_files(items: Iterable[tuple[Path, Callable[[_XmlFile], _Question]]]) -> Converted:
+    """Parse each question file with its converter; refuse a task id or response id seen before."""
+    tasks: list[Task] = []
+    records: list[Record] = []
+    task_files: dict[str, Path] = {}
+    seen: dict[tuple[str, str], tuple[Path, int | None]] = {}
+    for path, convert in items:
+        xf = parse_xml(path)
+        task, recs = convert(xf)
+        if task.id in task_files:
+            raise xf.error(f"question '{task.id}' already defined in {task_files[task.id]}", xf.root, "question@id")
+        task_files[task.id] = path
+        tasks.append(task)
+        for rec, line in recs:
+            if rec.key in seen:
+                first = seen[rec.key]
+                raise InputError(f"duplicate response id '{rec.response_id}' for task '{rec.task_id}' (first seen "
+                                 f"in {first[0]}, line {first[1]})", file=path, line=line, column="studentAnswer@id")
+            seen[rec.key] = (path, line)
+            records.append(rec)
+    return tasks, records
 
 
 # --- SemEval-2013 task 7, 2-way ----------------------------------------------------------------------------
@@ -154,25 +172,11 @@ def load_semeval_2way(root: str | Path, corpora: Sequence[str] = SEMEVAL_CORPORA
     reference a correct answer matches) and ``count``.
     """
     root = Path(root)
-    tasks: list[Task] = []
-    records: list[Record] = []
-    seen: dict[tuple[str, str], tuple[Path, int | None]] = {}
-    task_files: dict[str, Path] = {}
-    for corpus in corpora:
-        for path in _xml_files(root / corpus):
-            xf = parse_xml(path)
-            task, recs = _semeval_question(xf, corpus)
-            if task.id in task_files:
-                raise xf.error(f"question '{task.id}' already defined in {task_files[task.id]}", xf.root,
-                               "question@id")
-            task_files[task.id] = path
-            tasks.append(task)
-            for rec, line in recs:
-                _check_unique(records, seen, rec, path, line, "studentAnswer@id")
-    return tasks, records
+    return _convert_xml_files((path, partial(_semeval_question, corpus=corpus))
+                              for corpus in corpora for path in _xml_files(root / corpus))
 
 
-def _semeval_question(xf: _XmlFile, corpus: str) -> tuple[Task, list[tuple[Record, int | None]]]:
+def _semeval_question(xf: _XmlFile, corpus: str) -> _Question:
     q = xf.root
     if q.tag != "question":
         raise xf.error(f"root element is <{q.tag}>, expected <question>", q, q.tag)
@@ -307,23 +311,10 @@ def load_saf(root: str | Path) -> Converted:
     root = Path(root)
     if not any(root.glob("*.xml")) and (root / "english").is_dir():
         root = root / "english"
-    tasks: list[Task] = []
-    records: list[Record] = []
-    seen: dict[tuple[str, str], tuple[Path, int | None]] = {}
-    task_files: dict[str, Path] = {}
-    for path in _xml_files(root):
-        xf = parse_xml(path)
-        task, recs = _saf_question(xf)
-        if task.id in task_files:
-            raise xf.error(f"question '{task.id}' already defined in {task_files[task.id]}", xf.root, "question@id")
-        task_files[task.id] = path
-        tasks.append(task)
-        for rec, line in recs:
-            _check_unique(records, seen, rec, path, line, "studentAnswer@id")
-    return tasks, records
+    return _convert_xml_files((path, _saf_question) for path in _xml_files(root))
 
 
-def _saf_question(xf: _XmlFile) -> tuple[Task, list[tuple[Record, int | None]]]:
+def _saf_question(xf: _XmlFile) -> _Question:
     q = xf.root
     qid = xf.attr(q, "id")
     tid = _task_id(xf, "saf", qid)

@@ -52,10 +52,8 @@ class BaselineOptions:
     token_pattern: str = r"\w+"  #: a token, matched in the lower-cased text
     binary_objective: BinaryObjective = "macro_f1"
     threshold_candidates: int = 200  #: thresholds tried: this many quantiles of the training similarities
-    encoder: str = "minilm"  #: ``rubricate.student.modeling.resolve_encoder`` name or folder
-    max_length: int = 128  #: tokens per text for the embedding (answers are short)
-    batch_size: int = 64
-    embedder: "TextEmbedder | None" = field(default=None, repr=False)  #: reuse one across folds (cache)
+    #: the cosine baseline's encoder (its settings live there); pass one to reuse its cache across folds
+    embedder: "TextEmbedder | None" = field(default=None, repr=False)
 
 
 # --- what a response is compared with -----------------------------------------------------------------------
@@ -97,14 +95,16 @@ def token_overlap(response: str, reference: str, measure: OverlapMeasure = "f1",
     return 2 * precision * recall / (precision + recall)
 
 
+@dataclass
 class TextEmbedder:
     """Frozen sentence embeddings: encoder -> mean over real tokens -> L2 norm; cached per text."""
 
-    def __init__(self, encoder: str = "minilm", max_length: int = 128, batch_size: int = 64) -> None:
-        self.encoder, self.max_length, self.batch_size = encoder, max_length, batch_size
-        self._cache: dict[str, np.ndarray] = {}
-        self._model: Any = None
-        self._tokenizer: Any = None
+    encoder: str = "minilm"  #: ``rubricate.student.modeling.resolve_encoder`` name or folder
+    max_length: int = 128  #: tokens per text (short answers; longer texts are truncated)
+    batch_size: int = 64
+    _cache: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _model: Any = field(default=None, init=False, repr=False)
+    _tokenizer: Any = field(default=None, init=False, repr=False)
 
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
@@ -144,8 +144,7 @@ def similarities(kind: BaselineKind, tasks: dict[str, Task], records: Sequence[R
                              for ref in refs[r.task_id]) for r in records])
     if kind != "cosine":
         raise ValueError(f"no similarity for baseline '{kind}'")
-    embed = options.embedder or TextEmbedder(options.encoder, options.max_length, options.batch_size)
-    options.embedder = embed
+    embed = options.embedder = options.embedder or TextEmbedder()
     responses = embed([r.text for r in records])
     ref_vecs = {tid: embed(texts) for tid, texts in refs.items()}
     return np.array([float((ref_vecs[r.task_id] @ v).max()) for r, v in zip(records, responses)])
@@ -244,8 +243,8 @@ def cross_validate_baseline(
     """
     from rubricate.data.new_items import fold_tasks, question_folds
 
-    opts.setdefault("embedder", TextEmbedder(**{k: opts[k] for k in ("encoder", "max_length", "batch_size")
-                                                if k in opts}) if kind == "cosine" else None)
+    if kind == "cosine":
+        opts.setdefault("embedder", TextEmbedder())
     by_id = {t.id: t for t in tasks}
     predictions: dict[str, int] = {}
     folds = []
