@@ -12,7 +12,8 @@ response satisfies them:
   ``"score at least k of max: <level-k description>"`` (P(score >= k), decoded like every cumulative label:
   monotone, then counted at 0.5, ``rubricate.labels``).
 
-Each statement is followed by ``"question: <question>"``. A pair is encoded as
+Each statement is followed by ``"question: <question>"`` (for an item with reference answers and more than one
+label, by ``"reference answers: <r1> | <r2> ... question: <question>"``). A pair is encoded as
 ``[CLS] statement question [SEP] response [SEP]``: the response keeps up to ``max_response_tokens``, the
 statement up to ``max_statement_tokens``, and the question gets what is left of ``max_length`` (so the question
 is truncated first). This module is torch-free; the model is in ``task_text.py``.
@@ -119,6 +120,9 @@ def task_statements(task: Task, tokenizer: Any, options: TaskTextOptions,
             label_of.append(i)
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     question = "question: " + task.question + (f"\n{task.context}" if task.context else "")
+    refs = [] if is_two_way(enc) else reference_texts(task, options.max_references)
+    if refs:  # an ordinal or analytic item with model answers: they come before the question (cut last)
+        question = "reference answers: " + " | ".join(refs) + " " + question
     q_ids = tokenizer([question], add_special_tokens=False)["input_ids"][0]
     return TaskStatements(task.id, enc, [list(x)[: options.max_statement_tokens] for x in ids], list(q_ids),
                           label_of)
