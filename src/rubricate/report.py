@@ -276,7 +276,7 @@ def build_document(report: Report, plot_dir: Path | None, rel_root: Path | None 
     _scores_section(doc, report)
     _labels_section(doc, report)
     for t in report.tasks:
-        _task_section(doc, t, mach, plot_dir, rel_root)
+        _task_section(doc, t, mach, plot_dir, rel_root, score_source(report, t.task_id))
     return doc
 
 
@@ -308,10 +308,21 @@ def _across_section(doc: _Doc, report: Report) -> None:
         _readiness_section(doc, report.readiness, mach)
 
 
+#: how the report names a score source (metrics.workflow.score_sources; rubricate.student.active.SCORE_SOURCES)
+SOURCE_NAMES = {"trained": "trained head", "few_shot": "few-shot", "zero_shot": "zero-shot"}
+
+
+def score_source(report: Report, task_id: str) -> str | None:
+    """Where a task's scores came from (None when the report does not know: human–human, old reports)."""
+    found = (report.settings.get("score_sources") or {}).get(task_id)
+    return None if found is None else SOURCE_NAMES.get(found, found)
+
+
 def _scores_section(doc: _Doc, report: Report) -> None:
     """One row of score metrics per (task, scale), and their means."""
     mach, a = report.machine_label, report.across
     doc.h(2, "Scores per task")
+    with_source = bool(report.settings.get("score_sources"))
     rows = []
     for t in report.tasks:
         for sr in t.scales:
@@ -319,6 +330,8 @@ def _scores_section(doc: _Doc, report: Report) -> None:
                 t.task_id if sr.scale_id == "score" and len(t.scales) == 1 else f"{t.task_id} / {sr.scale_id}"
             )
             row = _score_row(label, sr.machine)
+            if with_source:
+                row.insert(1, score_source(report, t.task_id) or "")
             if a.human_human is not None:
                 hh = sr.human_human
                 row += [
@@ -326,14 +339,16 @@ def _scores_section(doc: _Doc, report: Report) -> None:
                     _with_ci((sr.degradation or {}).get("qwk", math.nan), sr.degradation_ci.get("qwk")),
                 ]
             rows.append(row)
-    headers = ["task / scale"] + _SCORE_HEADERS
+    headers = ["task / scale"] + (["scores from"] if with_source else []) + _SCORE_HEADERS
     if a.human_human is not None:
         headers += ["human–human QWK", "QWK degradation"]
     doc.table(
         headers,
         rows,
         caption=f"{mach} vs human (rater 1). r: Pearson; ρ: Spearman; SMD: (mean {mach} − "
-        "mean human) / pooled SD.",
+        "mean human) / pooled SD."
+        + (" Scores from: a trained head, few-shot (a handful of labels) or zero-shot (the task's text only)."
+           if with_source else ""),
     )
     if a.score_means:
         doc.table(
@@ -400,9 +415,11 @@ def _readiness_section(doc: _Doc, r: Readiness, mach: str) -> None:
     )
 
 
-def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, rel_root: Path | None) -> None:
+def _task_section(doc: _Doc, t: TaskReport, mach: str, plot_dir: Path | None, rel_root: Path | None,
+                  source: str | None = None) -> None:
     doc.h(2, f"Task {t.task_id}")
-    doc.p(f"Gold responses: {t.n_gold}; predictions: {t.n_predicted}; matched: {t.n_matched}.")
+    doc.p(f"Gold responses: {t.n_gold}; predictions: {t.n_predicted}; matched: {t.n_matched}."
+          + (f" Scores from: {source}." if source else ""))
     doc.bullets(_notes("", t.notes))
     for sr in t.scales:
         _scale_section(doc, t, sr, mach, plot_dir, rel_root)

@@ -50,9 +50,9 @@ def default_of(fn: Callable[..., Any], name: str) -> Any:
 
 
 def _register() -> None:
-    from rubricate.cli import agents, data, demo, report, serve, student, tasks
+    from rubricate.cli import agents, data, demo, report, reviews, serve, student, tasks
 
-    for module in (tasks, data, report, student, agents, serve, demo):
+    for module in (tasks, data, report, student, agents, serve, reviews, demo):
         module.register(app)
     # One verb, two homes: distilling an LLM scorer is a way to make a teacher file (``teach agents``)
     # and an agents feature (``agents teach``); both run the same function.

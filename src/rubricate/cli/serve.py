@@ -1,4 +1,4 @@
-"""Deployment verbs: ``export``, ``predict``, ``serve``, ``db upgrade|current``, ``reviews export``.
+"""Deployment verbs: ``export``, ``predict``, ``serve``, ``db upgrade|current`` (``reviews``: cli/reviews.py).
 
 Heavy imports (torch, onnxruntime, fastapi, uvicorn) stay inside the functions so ``rubricate --help``
 is instant.
@@ -17,7 +17,6 @@ from rubricate.serve.settings import ServeSettings
 _PREDICT = PredictOptions()  #: the predict verb's defaults are the library's, never retyped
 SERVE_DEFAULTS = ServeSettings()  #: option defaults are read from the library's settings model, never retyped
 db_app = typer.Typer(help="Server database: migrations.", no_args_is_help=True)
-reviews_app = typer.Typer(help="Human review decisions.", no_args_is_help=True)
 
 DB_HELP = f"SQLAlchemy URL (default: $RUBRICATE_DATABASE_URL or {SERVE_DEFAULTS.database_url})."
 
@@ -185,20 +184,9 @@ def db_current(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> 
     typer.echo(f"current: {current_revision(_db_url(db))}  latest: {head_revision()}")
 
 
-@reviews_app.command("export")
-def reviews_export(output: Path = typer.Option(..., "--output", "-o", help="Records JSONL to write."),
-                   db: Optional[str] = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Write the human review decisions as labeled records (loader format) for retraining or add-task."""
-    from rubricate.serve.reviews import export_reviews
-
-    path, n = export_reviews(_db_url(db), output)
-    typer.echo(f"wrote {n} reviewed responses to {path}")
-
-
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("export")(export)
     app.command("predict")(predict)
     app.command("serve")(serve)
     app.add_typer(db_app, name="db")
-    app.add_typer(reviews_app, name="reviews")

@@ -1,13 +1,14 @@
-"""``rubricate tasks validate`` and ``rubricate tasks show``: check and read task files."""
+"""``rubricate tasks validate|show|new|template``: check, read and make task files."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 import typer
 
 from rubricate.cli import TASKS_DIR
+from rubricate.task_authoring import NewTask
 
 #: characters of a task's context passage that ``tasks show`` prints without --full
 CONTEXT_PREVIEW_CHARS = 1200
@@ -171,6 +172,60 @@ def _print_encoding(console: Any, task: Any) -> None:
                    else f"{spec.source} >= {spec.threshold} (cumulative)")
         t.add_row(str(i), spec.name, meaning)
     console.print(t)
+
+
+_NEW = NewTask(id="", title="", question="")  #: ``tasks new`` defaults are the library's, never retyped
+
+
+@tasks_app.command("new")
+def new(
+    id: str = typer.Option(..., "--id", help="Task id (letters, digits, '_', '.', '-')."),
+    title: str = typer.Option(..., "--title", help="Short human name."),
+    question: str = typer.Option(..., "--question", help="What students were asked (markdown), or @FILE."),
+    out: Path = typer.Option(..., "--out", "-o", help="Task file to write (.yaml)."),
+    reference: List[str] = typer.Option([], "--reference", "-r", help="A reference answer (repeat for "
+                                        "several), or @FILE."),
+    levels: Optional[str] = typer.Option(_NEW.levels, "--levels", help="Ordinal or 2-way rubric: one "
+                                         "'score: description' line per score, or @FILE."),
+    criteria: Optional[str] = typer.Option(_NEW.criteria, "--criteria", help="Analytic rubric: one "
+                                           "'id: description' line per criterion, or @FILE."),
+    context: Optional[str] = typer.Option(_NEW.context, "--context", help="Reading passage (markdown), or @FILE."),
+    grade: Optional[str] = typer.Option(_NEW.grade, "--grade"),
+    subject: Optional[str] = typer.Option(_NEW.subject, "--subject"),
+    notes: Optional[str] = typer.Option(_NEW.notes, "--notes", help="Rubric notes (key elements), or @FILE."),
+    scale_id: str = typer.Option(_NEW.scale_id, "--scale-id", help="Label key of the levels' scale."),
+    scale_name: Optional[str] = typer.Option(_NEW.scale_name, "--scale-name"),
+    scale_min: Optional[int] = typer.Option(_NEW.scale_min, "--min", help="Scale minimum (default: lowest level)."),
+    scale_max: Optional[int] = typer.Option(_NEW.scale_max, "--max", help="Scale maximum (default: highest level)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+) -> None:
+    """Make a task file from question + reference answers + rubric text; it is validated before it is written."""
+    from rubricate.task_authoring import write_new_task
+
+    req = NewTask(id=id, title=title, question=question, references=list(reference), levels=levels,
+                  criteria=criteria, context=context, grade=grade, subject=subject, notes=notes, scale_id=scale_id,
+                  scale_name=scale_name, scale_min=scale_min, scale_max=scale_max)
+    task = write_new_task(req, out, overwrite=force)
+    parts = [f"{len(task.criteria)} criteria"] if task.criteria else []
+    parts += [f"{s.id} {s.min}-{s.max}" for s in task.scales]
+    n_refs = len(getattr(task, "reference_answers", None) or [])
+    typer.echo(f"wrote {out}: {task.id} ({', '.join(parts)}; {n_refs} reference answer(s))")
+
+
+@tasks_app.command("template")
+def template(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write it here (default: print it).")
+             ) -> None:
+    """The documented task-file template for a new item (every field commented)."""
+    from rubricate.task_authoring import TEMPLATE
+
+    text = TEMPLATE.read_text(encoding="utf-8")
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.exists():
+        raise typer.BadParameter(f"{out} exists", param_hint="--out")
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

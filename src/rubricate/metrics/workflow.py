@@ -6,6 +6,7 @@ dataclasses, and the CLI reads its defaults from this one); :func:`run_report` r
 1. read the gold file (:func:`rubricate.data.loaders.load_data`), optionally keep one split;
 2. read the predictions (:func:`~rubricate.metrics.inputs.read_predictions`), or rater 2 in human-human mode;
 3. :func:`~rubricate.metrics.evaluate` (with the operational-readiness thresholds);
+   with where each item's scores came from (:func:`score_sources`: the predictions' ``source`` column);
 4. :func:`rubricate.report.write_report` - ``report.json`` / ``.md`` / ``.html`` and plots;
 5. with ``against``: :func:`~rubricate.metrics.compare_systems` -> ``comparison.json``;
 6. with ``rsmeval_dir``: :func:`~rubricate.metrics.rsmeval.write_rsmeval_inputs`.
@@ -152,6 +153,37 @@ def _scorer(
     return records, read_predictions(req.pred, registry), req.pred.stem, "Reliability report"
 
 
+def score_sources(path: Path, task_ids: list[str]) -> dict[str, str]:
+    """Per task: where its predicted scores came from (``trained``, ``few_shot``, ``zero_shot``).
+
+    Read from the predictions' ``source`` field (JSONL) or column (tables), written by a task-text student;
+    a file or row without one is ``trained``. A task whose rows differ says so: ``mixed (few_shot 3,
+    trained 2)``. Any other value is an error naming the file, line and column.
+    """
+    from collections import Counter
+
+    from rubricate.data.tables import strict_rows
+    from rubricate.student.active import DEFAULT_SCORE_SOURCE, SCORE_SOURCES
+
+    counts: dict[str, Counter[str]] = {t: Counter() for t in task_ids}
+    for line, row in strict_rows(path)[1]:
+        raw = row.get("source")
+        src = DEFAULT_SCORE_SOURCE if raw is None or str(raw).strip() == "" else str(raw).strip()
+        if src not in SCORE_SOURCES:
+            raise InputError(f"unknown score source {src!r} (use one of {', '.join(SCORE_SOURCES)})",
+                             file=path, line=line, column="source")
+        tid = str(row.get("task_id", "")).strip()
+        if tid in counts:
+            counts[tid][src] += 1
+    out = {}
+    for tid, c in counts.items():
+        if len(c) <= 1:
+            out[tid] = next(iter(c), DEFAULT_SCORE_SOURCE)
+        else:
+            out[tid] = "mixed (" + ", ".join(f"{k} {n}" for k, n in sorted(c.items())) + ")"
+    return out
+
+
 def write_comparison(
     req: ReportRequest, gold: list[Record], predictions: list[Predicted], registry: TaskRegistry, label_a: str
 ) -> tuple[Comparison, Path]:
@@ -207,6 +239,8 @@ def run_report(req: ReportRequest) -> ReportRun:
         subset=req.subset if req.split else None,
         tasks=str(req.tasks),
     )
+    if req.pred is not None:
+        rep.settings["score_sources"] = score_sources(req.pred, [t.task_id for t in rep.tasks])
     fmt_list = [f.strip() for f in req.formats.split(",") if f.strip()]
     run = ReportRun(report=rep, written=write_report(rep, req.out, formats=fmt_list, plots=req.plots))
     if req.rsmeval_dir is not None:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from rubricate.data.records import Record
 from rubricate.serve import db
+from rubricate.serve.reviews import review_threshold, route_by_source
 from rubricate.serve.settings import ServeSettings
 from rubricate.serve.validation import Conflict, Item, NotFound, Problem, ValidationFailed, validate_items
 from rubricate.tasks import Task, TaskRegistry
@@ -238,6 +239,7 @@ class ScoringService:
         with self._score_lock:
             out, bad = score_rows(self.scorer, rows, batch_size=self.settings.score_batch_size,
                                   review_confidence=self.settings.review_confidence)
+        route_by_source(out, self.settings, self.scorer)  # zero-shot items: the stricter review threshold
         if bad:  # validate() applies the same rules first; a difference is a bug, never a silent skip
             raise ValidationFailed([Problem(("body", field, r.line - 1, f), m, "invalid") for r, f, m in bad])
         return existing, stored, dict(zip(todo, out))
@@ -272,7 +274,8 @@ class ScoringService:
                 if row.needs_review:
                     review_id = self._enqueue(s, resp, "low_confidence", row.scores,
                                               {"confidence": row.confidence,
-                                               "threshold": self.settings.review_confidence},
+                                               "threshold": review_threshold(self.settings, self.scorer,
+                                                                             resp.task_id)},
                                               prediction_id=row.id)
                 results.append(self._pred_out(resp, row, review_id))
         return results

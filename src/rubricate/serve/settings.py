@@ -19,6 +19,8 @@ from rubricate.errors import InputError
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 REVIEW_CONFIDENCE = 0.6
 """Default review threshold: a student result with confidence below this needs a human (server and predict)."""
+REVIEW_CONFIDENCE_ZERO_SHOT = 0.8
+"""Default review threshold for zero-shot items (scores of a task the student has no labels of)."""
 
 
 class ServeSettings(BaseModel):
@@ -46,6 +48,10 @@ class ServeSettings(BaseModel):
     review_confidence: float = Field(REVIEW_CONFIDENCE, ge=0.0, le=1.0,
                                      description="A student result with confidence below this enters the "
                                                  "review queue (confidence as defined by the Scorer).")
+    review_confidence_zero_shot: float = Field(REVIEW_CONFIDENCE_ZERO_SHOT, ge=0.0, le=1.0,
+                                               description="The review threshold for an item the student scores "
+                                                           "zero-shot (no labels of it seen): stricter, since "
+                                                           "such an item's confidence is not yet calibrated.")
     disagreement_threshold: int = Field(1, ge=1, description="|student - agents| on any scale at or above "
                                                              "this puts the response in the review queue.")
     agents_backend: str | None = Field(None, description="Backend spec for rubricate.agents (None: LLM path off).")
@@ -96,6 +102,7 @@ _ENV = {
     "RUBRICATE_API_TOKENS": "tokens",
     "RUBRICATE_AGENTS_BACKEND": "agents_backend",
     "RUBRICATE_REVIEW_CONFIDENCE": "review_confidence",
+    "RUBRICATE_REVIEW_CONFIDENCE_ZERO_SHOT": "review_confidence_zero_shot",
     "RUBRICATE_MAX_BATCH": "max_batch",
     "RUBRICATE_MAX_BODY_BYTES": "max_body_bytes",
 }

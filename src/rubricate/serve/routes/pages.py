@@ -15,7 +15,8 @@ from markupsafe import Markup, escape
 
 from rubricate import __version__
 from rubricate.serve.http import COOKIE, ServerContext, context, token_ok
-from rubricate.serve.reviews import REVIEW_FILTERS
+from rubricate.serve.reviews import REVIEW_FILTERS, REVIEW_ORDERS, review_threshold
+from rubricate.student.active import source_for
 
 router = APIRouter(include_in_schema=False)
 REVIEW_PAGE_SIZE = 100  #: review cards shown on one page
@@ -62,10 +63,21 @@ def _page(request: Request, ctx: ServerContext, name: str, **values: Any) -> Res
                                                           **values})
 
 
+def score_source(ctx: ServerContext, task_id: str) -> dict[str, Any]:
+    """How the served student scores a task (trained / few_shot / zero_shot) and its review threshold;
+    ``source`` is None when no student scores it."""
+    scorer = ctx.service.scorer
+    if scorer is None or task_id not in scorer.tasks:
+        return {"source": None, "review_threshold": None}
+    return {"source": source_for(scorer, task_id),
+            "review_threshold": review_threshold(ctx.settings, scorer, task_id)}
+
+
 @router.get("/", response_class=HTMLResponse)
 def page_score(request: Request, ctx: ServerContext = Depends(context)) -> Response:
     tasks = [{**t, "question_html": str(render_markdown(t.get("question"))),
-              "context_html": str(render_markdown(t.get("context"))) if t.get("context") else ""}
+              "context_html": str(render_markdown(t.get("context"))) if t.get("context") else "",
+              **score_source(ctx, t["id"])}
              for t in ctx.service.task_list()]
     return _page(request, ctx, "score.html", tasks=tasks, active="score")
 
@@ -76,11 +88,15 @@ def page_batch(request: Request, ctx: ServerContext = Depends(context)) -> Respo
 
 
 @router.get("/reviews", response_class=HTMLResponse)
-def page_reviews(request: Request, status: str = "pending", ctx: ServerContext = Depends(context)) -> Response:
+def page_reviews(request: Request, status: str = "pending", order: str = "id",
+                 ctx: ServerContext = Depends(context)) -> Response:
     status = status if status in REVIEW_FILTERS else "pending"
-    data = ctx.reviews.list_reviews(None if status == "all" else status, REVIEW_PAGE_SIZE, 0)
+    order = order if order in REVIEW_ORDERS else "id"
+    data = ctx.reviews.list_reviews(None if status == "all" else status, REVIEW_PAGE_SIZE, 0, order=order)
     tasks = {t.id: t for t in ctx.service.tasks}
-    return _page(request, ctx, "reviews.html", reviews=data, tasks=tasks, status=status, active="reviews")
+    sources = {tid: score_source(ctx, tid)["source"] for tid in {r["task_id"] for r in data["items"]}}
+    return _page(request, ctx, "reviews.html", reviews=data, tasks=tasks, status=status, order=order,
+                 sources=sources, active="reviews")
 
 
 @router.get("/login", response_class=HTMLResponse)

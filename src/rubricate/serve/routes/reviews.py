@@ -16,9 +16,11 @@ router = APIRouter(dependencies=[Depends(require_auth)], tags=["reviews"])
 @router.get("/v1/reviews")
 def reviews(status: str | None = Query("pending", pattern="^(pending|accepted|overridden|all)$"),
             limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_DB_INT),
+            order: str = Query("id", pattern="^(id|uncertainty)$", description="id: queue order; uncertainty: "
+                               "least confident student result first"),
             ctx: ServerContext = Depends(context)) -> dict[str, Any]:
-    """The review queue (pending by default; status=all for everything)."""
-    return ctx.reviews.list_reviews(None if status == "all" else status, limit, offset)
+    """The review queue (pending by default; status=all for everything; order=uncertainty: least confident first)."""
+    return ctx.reviews.list_reviews(None if status == "all" else status, limit, offset, order=order)
 
 
 @router.post("/v1/reviews/{review_id}", response_model=ReviewOut)

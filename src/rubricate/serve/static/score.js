@@ -4,12 +4,26 @@ const TASKS = JSON.parse(document.getElementById("tasks-data").textContent);
 const byId = Object.fromEntries(TASKS.map(t => [t.id, t]));
 const taskSel = document.getElementById("task");
 
+// Where the student's scores of a task come from (the checkpoint's task_sources; server: score_source).
+const SOURCE_LABEL = { trained: "trained head", few_shot: "few-shot", zero_shot: "zero-shot" };
+const SOURCE_TEXT = {
+  zero_shot: "The student scores this item zero-shot: from its question, reference answers and rubric, with no scored answers of it.",
+  few_shot: "The student scores this item few-shot: from its text and a handful of scored answers.",
+};
+function sourceBadge(t) {
+  if (!t.source) return [];
+  return [el("span", { class: "badge source " + t.source, id: "source-badge" }, SOURCE_LABEL[t.source] || t.source)];
+}
+
 function showTask() {
   const t = byId[taskSel.value];
   const box = document.getElementById("task-info");
   box.replaceChildren();
   if (!t) return;
-  box.append(el("h3", {}, t.title));
+  box.append(el("h3", {}, t.title, " ", ...sourceBadge(t)));
+  if (t.source === "zero_shot" || t.source === "few_shot")
+    box.append(el("p", { class: "meta", id: "source-note" }, SOURCE_TEXT[t.source] + " Answers below confidence " +
+      t.review_threshold + " go to the review queue."));
   // question_html is Markdown rendered by the server with raw HTML escaped (tables show as tables)
   const q = el("div", { class: "question md" });
   q.innerHTML = t.question_html;
@@ -48,7 +62,7 @@ function renderStudent(task, r) {
   out.push(el("p", {}, main !== null ? el("span", { class: "score-big", id: "decoded-score" }, String(main)) : "",
     main !== null ? " decoded " + scaleIds[0] + "  " : "",
     el("span", { class: "badge " + (r.needs_review ? "review" : "ok"), id: "review-flag" },
-      r.needs_review ? "needs review" : "confident"),
+      r.needs_review ? "needs review" : "confident"), " ", ...sourceBadge(task),
     " confidence " + r.confidence.toFixed(3)));
   const scoreRows = Object.entries(r.scores).map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, String(v))));
   out.push(el("h3", {}, "Scores"), el("table", { id: "scores-table" }, el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Criterion / scale"), el("th", { scope: "col" }, "Score"))), el("tbody", {}, ...scoreRows)));
