@@ -20,6 +20,7 @@ from rubricate.student.arguments import AdaptArguments as A
 from rubricate.student.arguments import EvaluateOptions as E
 from rubricate.student.arguments import LLMTeacherArguments as L
 from rubricate.student.arguments import TrainingArguments
+from rubricate.student.distributed import DistributedOptions as D
 
 teach_app = typer.Typer(help="Produce a teacher-outputs file (soft labels) for distillation.", no_args_is_help=True)
 
@@ -52,13 +53,20 @@ def train_cmd(
     recipe: Path = typer.Option(..., "--recipe", "-r", exists=True, dir_okay=False, help="YAML recipe (recipes/*.yaml)."),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a recipe key: KEY=VALUE (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Checkpoint directory (overrides the recipe)."),
+    dist_backend: str = typer.Option(D.backend, "--dist-backend", help="Under torchrun: auto (nccl with CUDA, else "
+                                     "gloo), gloo or nccl (docs/distributed-training.md)."),
+    dist_timeout: float = typer.Option(D.timeout_minutes, "--dist-timeout-minutes",
+                                       help="Under torchrun: how long a collective may wait (rank 0 validates)."),
 ) -> None:
-    """Train a student (Individual / MTL / UniMoE / UniMoE-Guided) from a recipe."""
+    """Train a student (Individual / MTL / UniMoE / UniMoE-Guided) from a recipe; under torchrun, one DDP run."""
+    from rubricate.student.distributed import launch_rank
     from rubricate.student.trainer import train
 
-    res = train(_recipe(recipe, set_, output_dir=str(output_dir) if output_dir else None))
-    typer.echo(json.dumps({"checkpoint": str(res.checkpoint_dir), "val_mean_agreement": res.val_mean_agreement},
-                          default=str))
+    res = train(_recipe(recipe, set_, output_dir=str(output_dir) if output_dir else None),
+                distributed=D(backend=dist_backend, timeout_minutes=dist_timeout))  # type: ignore[arg-type]
+    if launch_rank() == 0:
+        typer.echo(json.dumps({"checkpoint": str(res.checkpoint_dir), "val_mean_agreement": res.val_mean_agreement},
+                              default=str))
 
 
 @teach_app.command("specialists")

@@ -17,6 +17,10 @@ Methods (``TrainingArguments.method``), same code, same splits:
 * ``unimoe`` - MTL + MoE blocks with the task-aware gate;
 * ``unimoe_guided`` - UniMoE + distillation from a teacher-outputs file.
 
+Under ``torchrun`` the same recipe trains one model with DDP: ``batch_size`` is the global batch, each rank
+trains on its shard of it, rank 0 validates and writes (module rubricate.student.distributed,
+docs/distributed-training.md).
+
 Early stopping watches the **validation metric**: the mean over tasks of the quadratic weighted kappa
 of the decoded primary score (``Task.primary_scale``); a purely analytic task contributes its mean
 Cohen's kappa over criteria instead. Kappa is the field's agreement measure, so we select on it
@@ -62,6 +66,18 @@ from rubricate.student.data import (  # noqa: F401  (re-exported: older imports 
     split_records,
 )
 from rubricate.student.decoding import Decoder, fit_decoder, gold_scores
+from rubricate.student.distributed import (
+    SINGLE,
+    DistContext,
+    DistributedOptions,
+    barrier,
+    broadcast_float,
+    host_view,
+    process_group,
+    shard_loss,
+    shard_rows,
+    wrap_model,
+)
 from rubricate.student.inference import pad_batch, run_model
 from rubricate.student.losses import EarlyStopping, bce_loss, distillation_loss, load_balancing_loss  # noqa: F401
 from rubricate.student.modeling import StudentModel
@@ -163,45 +179,92 @@ def param_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float, weight_de
 ForwardFn = Callable[[EncodedSet, np.ndarray], Any]
 
 
+@dataclass
+class LossTerm:
+    """One part of the training loss on a batch (or a rank's shard of one)."""
+
+    name: str  #: "task", "lb", "kd" or "self_kd" (the keys of the history's parts)
+    weight: float  #: its weight in the total (lambda_lb, lambda_kd, the anchor weight; 1 for the task loss)
+    value: torch.Tensor  #: the term on these rows: a mean over ``valid`` entries, or for "lb" a function of the mean
+    valid: torch.Tensor | None  #: (B, L) entries the mean is over; None for "lb" (a statistic of the batch mean)
+
+
+def loss_terms(out: Any, data: EncodedSet, rows: np.ndarray, args: Any, use_kd: bool, anchor_weight: float = 0.0,
+               anchor_temperature: float = 1.0) -> list[LossTerm]:
+    """The terms of :func:`batch_loss` on ``rows``, each with the entries it averages (the task term first)."""
+    def target(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x[rows]).to(out.logits.device)
+
+    def valid(t: torch.Tensor) -> torch.Tensor:
+        return ~torch.isnan(t) & out.label_mask
+
+    y = target(data.targets)
+    terms = [LossTerm("task", 1.0, bce_loss(out.logits, y, out.label_mask), valid(y))]
+    if out.gate_weights is not None and args.lambda_lb > 0:
+        terms.append(LossTerm("lb", args.lambda_lb, load_balancing_loss(out.gate_weights), None))
+    if use_kd and data.teacher is not None:
+        t = target(data.teacher)
+        terms.append(LossTerm("kd", args.lambda_kd, distillation_loss(out.logits, t, args.kd_temperature,
+                                                                      out.label_mask), valid(t)))
+    if anchor_weight > 0 and data.anchor is not None:
+        a = target(data.anchor)
+        terms.append(LossTerm("self_kd", anchor_weight, distillation_loss(out.logits, a, anchor_temperature,
+                                                                          out.label_mask), valid(a)))
+    return terms
+
+
 def batch_loss(out: Any, data: EncodedSet, rows: np.ndarray, args: Any, use_kd: bool, anchor_weight: float = 0.0,
                anchor_temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_task + lambda_lb L_LB + lambda_kd L_KD (+ anchor_weight L_self_KD)`` of one batch, and each part's value.
 
     ``args`` holds ``lambda_lb``, ``lambda_kd`` and ``kd_temperature`` (``TrainingArguments`` or ``AdaptArguments``).
     """
-    l_task = bce_loss(out.logits, torch.from_numpy(data.targets[rows]), out.label_mask)
-    loss = l_task
-    parts = {"task": l_task.item()}
-    if out.gate_weights is not None and args.lambda_lb > 0:
-        l_lb = load_balancing_loss(out.gate_weights)
-        loss = loss + args.lambda_lb * l_lb
-        parts["lb"] = l_lb.item()
-    if use_kd and data.teacher is not None:
-        l_kd = distillation_loss(out.logits, torch.from_numpy(data.teacher[rows]), args.kd_temperature,
-                                 out.label_mask)
-        loss = loss + args.lambda_kd * l_kd
-        parts["kd"] = l_kd.item()
-    if anchor_weight > 0 and data.anchor is not None:
-        l_anchor = distillation_loss(out.logits, torch.from_numpy(data.anchor[rows]), anchor_temperature,
-                                     out.label_mask)
-        loss = loss + anchor_weight * l_anchor
-        parts["self_kd"] = l_anchor.item()
-    return loss, parts
+    terms = loss_terms(out, data, rows, args, use_kd, anchor_weight, anchor_temperature)
+    loss = terms[0].value
+    for t in terms[1:]:
+        loss = loss + t.weight * t.value
+    return loss, {t.name: t.value.item() for t in terms}
+
+
+def _step_loss(rows: np.ndarray, data: EncodedSet, forward: ForwardFn, args: Any, use_kd: bool, anchor_weight: float,
+               anchor_temperature: float, ctx: DistContext) -> tuple[torch.Tensor, dict[str, float], float]:
+    """(loss to back-propagate, part values, total value) of one global batch: the whole batch, or under DDP this
+    rank's shard of it (the values are then still the whole batch's)."""
+    if not ctx.enabled:
+        loss, parts = batch_loss(forward(data, rows), data, rows, args, use_kd, anchor_weight, anchor_temperature)
+        return loss, parts, loss.item()
+    mine = shard_rows(rows, ctx)
+    live = len(mine) > 0
+    if not live:  # every rank must join the gradient reduction: one row, weighted 0
+        mine = rows[:1]
+    out = forward(data, mine)
+    terms = loss_terms(out, data, mine, args, use_kd, anchor_weight, anchor_temperature)
+    loss, parts = shard_loss(out, terms, len(rows), live, ctx)
+    return loss, parts, sum(t.weight * parts[t.name] for t in terms)
+
+
+def _evaluate_now(evaluate: Callable[[], dict[str, Any]], ctx: DistContext) -> dict[str, Any]:
+    """Rank 0 evaluates; every rank gets its mean agreement, so early stopping decides the same everywhere."""
+    res = evaluate() if ctx.is_main else {}
+    if ctx.enabled:
+        res = {**res, "mean_agreement": broadcast_float(res.get("mean_agreement"), ctx)}
+    return res
 
 
 def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, args: TrainingArguments,
         groups: list[dict[str, Any]], forward: ForwardFn,
         evaluate: Callable[[], dict[str, Any]] | None,
         use_kd: bool, grad_hook: Callable[[], None] | None = None, desc: str = "train",
-        anchor_weight: float = 0.0, anchor_temperature: float = 1.0) -> dict[str, Any]:
+        anchor_weight: float = 0.0, anchor_temperature: float = 1.0, ctx: DistContext = SINGLE) -> dict[str, Any]:
     """Optimise ``model`` on ``train_set``; keep (and restore) the weights of the best evaluation.
 
     ``forward(data, rows)`` returns a :class:`StudentOutput` for a batch; ``evaluate()`` returns a dict
     with ``mean_agreement``. ``grad_hook`` runs after backward (add-task uses it to zero the gradients of
     frozen rows). With ``anchor_weight > 0`` and ``train_set.anchor`` set, the loss adds
     ``anchor_weight * distillation_loss(z, anchor, anchor_temperature)`` (self-distillation toward a
-    frozen copy of the model's own outputs). Returns the training summary (history, best metric, steps,
-    seconds).
+    frozen copy of the model's own outputs). Under DDP (``ctx``) every rank draws the same global batches,
+    trains on its shard and calls ``forward`` on the DDP module; rank 0 evaluates and shows the bar. Returns
+    the training summary (history, best metric, steps, seconds).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -226,13 +289,13 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     last_val = float("nan")
     running = None
     stopped_early = False
-    bar = tqdm(total=total, desc=desc, disable=not args.progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, disable=not (args.progress and ctx.is_main), dynamic_ncols=True)
     try:
         while step < total and not stopped_early:
             for rows in bucketed_batches(lengths, args.batch_size, args.bucket_batches, rng):
                 model.train()
-                loss, parts = batch_loss(forward(train_set, rows), train_set, rows, args, use_kd, anchor_weight,
-                                         anchor_temperature)
+                loss, parts, value = _step_loss(rows, train_set, forward, args, use_kd, anchor_weight,
+                                                anchor_temperature, ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_hook is not None:
@@ -242,11 +305,11 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                 opt.step()
                 sched.step()
                 step += 1
-                running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+                running = value if running is None else 0.9 * running + 0.1 * value
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
                 if evaluate is not None and (step % eval_every == 0 or step == total):
-                    res = evaluate()
+                    res = _evaluate_now(evaluate, ctx)
                     last_val = res["mean_agreement"]
                     history.append({"step": step, "epoch": step / steps_per_epoch, "loss": running, **parts,
                                     "val_mean_agreement": last_val, "val_per_task": res.get("per_task", {}),
@@ -285,20 +348,25 @@ def _task_ids(args: TrainingArguments, registry: TaskRegistry, records: Sequence
 
 
 def train(args: TrainingArguments, *, registry: TaskRegistry | None = None,
-          train_records: Sequence[Record] | None = None, val_records: Sequence[Record] | None = None) -> TrainResult:
+          train_records: Sequence[Record] | None = None, val_records: Sequence[Record] | None = None,
+          distributed: DistributedOptions | None = None) -> TrainResult:
     """Train one student (or, for ``method='individual'``, one checkpoint per task) and save it.
 
     Records and the registry may be passed directly (the library way) or come from the paths in ``args``
-    (the recipe way). Returns the checkpoint directory and the validation metrics.
+    (the recipe way). Returns the checkpoint directory and the validation metrics. Started by torchrun (or inside
+    an initialised process group) this is one DDP run with the same recipe (``distributed`` says how to join;
+    module rubricate.student.distributed); rank 0 writes the checkpoint, the other ranks' results hold the
+    training summary only.
     """
     registry, train_records, val_records = resolve_inputs(args, registry, train_records, val_records)
-    if args.method == "individual":
-        return _train_individual(args, registry, train_records, val_records)
-    return _train_one(args, registry, train_records, val_records)
+    with process_group(distributed) as ctx:
+        if args.method == "individual":
+            return _train_individual(args, registry, train_records, val_records, ctx)
+        return _train_one(args, registry, train_records, val_records, ctx)
 
 
 def _train_individual(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
-                      val_records: list[Record] | None) -> TrainResult:
+                      val_records: list[Record] | None, ctx: DistContext = SINGLE) -> TrainResult:
     out = Path(args.output_dir)
     per_task: dict[str, Any] = {}
     for tid in _task_ids(args, registry, train_records):
@@ -306,12 +374,13 @@ def _train_individual(args: TrainingArguments, registry: TaskRegistry, train_rec
         sub.task_ids = [tid]
         sub.output_dir = str(out / tid)
         res = _train_one(sub, registry, [r for r in train_records if r.task_id == tid],
-                         [r for r in val_records if r.task_id == tid] if val_records is not None else None)
+                         [r for r in val_records if r.task_id == tid] if val_records is not None else None, ctx)
         per_task[tid] = res.metrics
     vals = [m["val"]["per_task"][t] for t, m in per_task.items() if m.get("val")]
     metrics = {"method": "individual", "per_task": per_task,
                "val_mean_agreement": float(np.mean(vals)) if vals else None}
-    (out / "individual.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
+    if ctx.is_main:
+        (out / "individual.json").write_text(json.dumps(metrics, indent=2, default=str), encoding="utf-8")
     return TrainResult(out, metrics)
 
 
@@ -327,10 +396,11 @@ class _Prepared:
     val_set: EncodedSet | None
     val_records: list[Record] | None
     info: dict[str, Any]  # teacher coverage, second-rater rows, length statistics (into the metrics)
+    ctx: DistContext = SINGLE  # this process's place in a DDP run (the single process by default)
 
 
 def _prepare(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
-             val_records: list[Record] | None) -> _Prepared:
+             val_records: list[Record] | None, ctx: DistContext = SINGLE) -> _Prepared:
     """Check and encode the records; attach the teacher and the second rater to the training set."""
     from transformers import AutoTokenizer
 
@@ -358,7 +428,7 @@ def _prepare(args: TrainingArguments, registry: TaskRegistry, train_records: lis
                           for i, t in enumerate(tids)}  # official scores, before the second rater
     info["second_rater_rows"] = add_second_rater(train_set, train_records, encodings, args.second_rater)
     val_set = encode_records(val_records, tokenizer, tids, encodings, args.max_length) if val_records else None
-    return _Prepared(tids, encodings, tokenizer, pad_id, train_set, val_set, val_records, info)
+    return _Prepared(tids, encodings, tokenizer, pad_id, train_set, val_set, val_records, info, ctx)
 
 
 def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry, train_set: EncodedSet,
@@ -366,16 +436,20 @@ def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
     """A fresh student trained on ``train_set`` (early stopping on ``val_set`` when given)."""
     set_seed(args.seed)
     model = StudentModel.from_encoder(args.model_config(prep.tids, [prep.encodings[t].n_labels for t in prep.tids]))
+    ctx, dev = prep.ctx, prep.ctx.device
+    net = wrap_model(model, ctx)  # the model itself for a single process
+    if ctx.enabled:  # same initial weights everywhere, but each rank its own dropout masks (seed + rank)
+        torch.manual_seed(args.seed + ctx.rank)
 
     def forward(data: EncodedSet, rows: np.ndarray):
         ids, mask = pad_batch([data.input_ids[i] for i in rows], prep.pad_id)
-        return model(ids, mask, torch.from_numpy(data.task_index[rows]))
+        return net(ids.to(dev), mask.to(dev), torch.from_numpy(data.task_index[rows]).to(dev))
 
     evaluate = None
     if val_set is not None and len(val_set):
         def evaluate() -> dict[str, Any]:
-            return evaluate_agreement(model, val_set, registry, prep.encodings, prep.pad_id, args.eval_batch_size,
-                                      args.decoder.threshold)
+            return evaluate_agreement(host_view(model, ctx), val_set, registry, prep.encodings, prep.pad_id,
+                                      args.eval_batch_size, args.decoder.threshold)
 
     enc_named = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.")]
     new_named = [(n, p) for n, p in model.named_parameters() if not n.startswith("encoder.")]
@@ -383,7 +457,7 @@ def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
         param_groups(new_named, args.lr_new, args.weight_decay)
     n = len(prep.tids)
     summary = fit(model, train_set, val_set, args, groups, forward, evaluate, args.use_kd,
-                  desc=f"{args.method} ({n} task{'s' if n > 1 else ''})")
+                  desc=f"{args.method} ({n} task{'s' if n > 1 else ''})", ctx=ctx)
     return model, summary
 
 
@@ -428,19 +502,27 @@ def _refit(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
     return model, summary
 
 
+def _validate(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
+              model: StudentModel) -> tuple[dict[str, Any] | None, Decoder]:
+    """The validation agreement and the checkpoint's decoder, from one pass over validation."""
+    val, val_logits = None, None
+    if prep.val_set is not None and len(prep.val_set):
+        view = host_view(model, prep.ctx)
+        val_logits, _ = run_model(view, prep.val_set.input_ids, prep.val_set.task_index, prep.pad_id,
+                                  args.eval_batch_size)
+        val = evaluate_agreement(view, prep.val_set, registry, prep.encodings, prep.pad_id, args.eval_batch_size,
+                                 args.decoder.threshold, logits=val_logits)
+    return val, _fit_checkpoint_decoder(args, prep, val_logits)
+
+
 def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: list[Record],
-               val_records: list[Record] | None) -> TrainResult:
+               val_records: list[Record] | None, ctx: DistContext = SINGLE) -> TrainResult:
+    """Train, validate and save one student; under DDP rank 0 alone validates and saves (the others wait)."""
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    prep = _prepare(args, registry, train_records, val_records)
+    prep = _prepare(args, registry, train_records, val_records, ctx)
     model, summary = _fit_model(args, prep, registry, prep.train_set, prep.val_set)
-    val, val_logits = None, None
-    if prep.val_set is not None and len(prep.val_set):  # one pass over validation for the metrics and the decoder
-        val_logits, _ = run_model(model, prep.val_set.input_ids, prep.val_set.task_index, prep.pad_id,
-                                  args.eval_batch_size)
-        val = evaluate_agreement(model, prep.val_set, registry, prep.encodings, prep.pad_id, args.eval_batch_size,
-                                 args.decoder.threshold, logits=val_logits)
-    decoder = _fit_checkpoint_decoder(args, prep, val_logits)
+    val, decoder = _validate(args, prep, registry, model) if ctx.is_main else (None, None)
     info = {k: v for k, v in prep.info.items() if k != "train_gold"}
     metrics: dict[str, Any] = {"method": args.method, "val": val,
                                **info, **{k: v for k, v in summary.items() if k != "history"}}
@@ -450,11 +532,14 @@ def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: l
         epochs = chosen_epochs(summary, len(prep.train_set), args.batch_size)
         if epochs is None:
             raise InputError("refit needs validation data for early stopping to choose the epochs")
-        _save(model, prep, registry, args, metrics, decoder, out / "selection", history)
+        if ctx.is_main:
+            _save(model, prep, registry, args, metrics, decoder, out / "selection", history)
         model, refit_summary = _refit(args, prep, registry, epochs)
         metrics["refit"] = {"epochs": epochs, **{k: v for k, v in refit_summary.items() if k != "history"}}
         history = history + [{"refit": True, **h} for h in refit_summary["history"]]
-    _save(model, prep, registry, args, metrics, decoder, out, history)
+    if ctx.is_main:
+        _save(model, prep, registry, args, metrics, decoder, out, history)
+    barrier(ctx)
     return TrainResult(out, metrics, history)
 
 
