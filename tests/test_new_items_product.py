@@ -221,6 +221,14 @@ def test_queue_order_uncertainty_and_reviews_next(new_item_client, tmp_path: Pat
     ids = [it["response_id"] for it in batch.items]
     assert ids[0] == "u2" and "u1" not in ids and batch.n_scored == 1 and batch.n_candidates == 4
     assert batch.items[0]["review_id"] is not None and batch.label_keys == ["score"]
+    assert batch.n_without_student == 0
+    from rubricate.serve import db
+
+    database = db.Database(url)
+    with database.write() as s:  # an answer stored by the agents path only: no student result to rank it by
+        s.add(db.Response(task_id="read-2", response_id="agents-only", text="t", text_sha256=db.text_digest("t")))
+    database.dispose()
+    assert next_to_score(url, "read-2", NextOptions(n=10)).n_without_student == 1
     out = tmp_path / "next.csv"
     r = runner.invoke(app, ["reviews", "next", "--task", "read-2", "-n", "2", "--strategy", "hybrid", "--db", url,
                             "-o", str(out)])

@@ -68,6 +68,9 @@ def reviews_next(
         t.add_row(str(it["rank"]), it["response_id"], str(it["review_id"] or ""), f"{it['confidence']:.3f}",
                   f"{it['uncertainty']:.3f}", str(it["scores"]), text)
     Console().print(t)
+    if batch.n_without_student:
+        typer.echo(f"{batch.n_without_student} answer(s) of {task} have no student result and were not ranked "
+                   "(score them with the server first)")
     if output is not None:
         typer.echo(f"wrote {len(batch.items)} answers to {write_next(batch, output)}")
 

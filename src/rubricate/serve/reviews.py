@@ -205,6 +205,7 @@ class NextBatch:
     n_candidates: int  #: responses of the task with a student result and no human decision
     n_scored: int  #: responses already decided by a human (never picked; diversity keeps away from them)
     label_keys: list[str] = field(default_factory=list)
+    n_without_student: int = 0  #: responses of the task with no student result (nothing to rank them by)
 
 
 def distribution_matrix(preds: list[db.Prediction], max_joint_criteria: int = NextOptions.max_joint_criteria
@@ -259,7 +260,9 @@ def choose_next(s: Any, task_id: str, opt: NextOptions) -> NextBatch:
               "review_id": pending.get(pairs[i][0].id), "confidence": pairs[i][1].confidence,
               "uncertainty": float(unc[i]), "scores": dict(pairs[i][1].scores), "text": pairs[i][0].text}
              for rank, i in enumerate(picks, start=1)]
-    return NextBatch(task_id, items, len(pairs) - len(done), len(done), list(pairs[0][1].scores))
+    n_responses = s.scalar(select(func.count(db.Response.id)).where(db.Response.task_id == task_id)) or 0
+    return NextBatch(task_id, items, len(pairs) - len(done), len(done), list(pairs[0][1].scores),
+                     n_without_student=n_responses - len(pairs))
 
 
 def next_to_score(database_url: str, task_id: str, options: NextOptions | None = None) -> NextBatch:
