@@ -195,6 +195,7 @@ def test_mohler_scores_on_half_points_rounded_half_up(tmp_path: Path) -> None:
     ("1.1,Q?,A.,ans,6,5,5.5", "score_me", "outside 0-5"),
     ("1.1,Other question?,A.,ans,4,4,4", "question", "differs from the question of question 1.1 on line 2"),
     ("1.1,Q?,A.,  ,4,4,4", "student_answer", "empty response text"),
+    ("1 1,Q?,A.,ans,4,4,4", "id", "cannot be part of a task id"),
 ])
 def test_mohler_errors_name_row_and_column(tmp_path: Path, row: str, column: str, message: str) -> None:
     path = tmp_path / "mohler.csv"

@@ -37,7 +37,7 @@ from rubricate.data.tables import require_columns, strict_rows
 from rubricate.data.text import text_problem
 from rubricate.errors import InputError, TaskFileError
 from rubricate.tasks import _ID as TASK_ID_PATTERN
-from rubricate.tasks import ReferenceAnswer, Task, task_from_dict
+from rubricate.tasks import Task, task_from_dict
 
 Converted = tuple[list[Task], list[Record]]
 _TASK_ID = re.compile(TASK_ID_PATTERN)  # the id rule of task files, checked early for a message with a line
@@ -110,12 +110,16 @@ def _xml_files(folder: Path) -> list[Path]:
     return files
 
 
-def _task_id(xf: _XmlFile, prefix: str, qid: str) -> str:
-    tid = f"{prefix}-{qid}"
+def _question(xf: _XmlFile, task_id: Callable[[str], str]) -> tuple[ET.Element, str, str]:
+    """The root ``<question>``, its id and the task id made from it (checked against the task id rule)."""
+    q = xf.root
+    if q.tag != "question":
+        raise xf.error(f"root element is <{q.tag}>, expected <question>", q, q.tag)
+    qid = xf.attr(q, "id")
+    tid = task_id(qid)
     if not _TASK_ID.match(tid):
-        raise xf.error(f"question id '{qid}' cannot be a task id (letters, digits, '_', '.', '-')",
-                       xf.root, f"{xf.root.tag}@id")
-    return tid
+        raise xf.error(f"question id '{qid}' cannot be a task id (letters, digits, '_', '.', '-')", q, "question@id")
+    return q, qid, tid
 
 
 def _make_task(data: dict[str, Any], source: Path) -> Task:
@@ -177,12 +181,8 @@ def load_semeval_2way(root: str | Path, corpora: Sequence[str] = SEMEVAL_CORPORA
 
 
 def _semeval_question(xf: _XmlFile, corpus: str) -> _Question:
-    q = xf.root
-    if q.tag != "question":
-        raise xf.error(f"root element is <{q.tag}>, expected <question>", q, q.tag)
-    qid = xf.attr(q, "id")
-    tid = _task_id(xf, f"semeval-{corpus.lower()}", qid)
-    refs = [ReferenceAnswer(text=xf.text(r, "referenceAnswer"), category=r.get("category"), id=r.get("id"))
+    q, qid, tid = _question(xf, partial(semeval_task_id, corpus))
+    refs = [{"text": xf.text(r, "referenceAnswer"), "category": r.get("category"), "id": r.get("id")}
             for r in q.iterfind("referenceAnswers/referenceAnswer")]
     if not refs:
         raise xf.error("no <referenceAnswer>", q, "referenceAnswers")
@@ -191,7 +191,7 @@ def _semeval_question(xf: _XmlFile, corpus: str) -> _Question:
     task = _make_task({
         "id": tid, "title": f"SemEval {corpus} {qid}", "question": xf.child_text(q, "questionText"),
         "subject": meta.get("module"), "rubric": {"criteria": [{"id": SEMEVAL_KEY, "description": _SEMEVAL_CRITERION}]},
-        "reference_answers": [r.model_dump() for r in refs], "metadata": meta,
+        "reference_answers": refs, "metadata": meta,
     }, xf.path)
     out = []
     for sa in q.iterfind("studentAnswers/studentAnswer"):
@@ -219,6 +219,10 @@ MOHLER_MAX = 5
 MOHLER_AVG_TOLERANCE = 1e-6
 
 
+def mohler_task_id(question_id: str) -> str:
+    return f"mohler-{question_id}"
+
+
 def round_half_up(x: float) -> int:
     """``floor(x + 0.5)``: 8.5 -> 9 (Python's ``round`` gives 8, halves to even)."""
     return math.floor(x + 0.5)
@@ -243,6 +247,8 @@ def load_mohler(path: str | Path, points_per_unit: int = 2) -> Converted:
     records: list[Record] = []
     for line, row in rows:
         qid = str(row["id"]).strip()
+        if not _TASK_ID.match(mohler_task_id(qid)) or not qid:
+            raise InputError(f"question id '{qid}' cannot be part of a task id", file=path, line=line, column="id")
         first = questions.setdefault(qid, {"question": row["question"], "desired_answer": row["desired_answer"],
                                            "line": line})
         for col in ("question", "desired_answer"):
@@ -257,7 +263,7 @@ def load_mohler(path: str | Path, points_per_unit: int = 2) -> Converted:
         if bad:
             raise InputError(bad, file=path, line=line, column="student_answer")
         counts[qid] += 1
-        records.append(Record(response_id=f"{qid}.{counts[qid]}", task_id=f"mohler-{qid}",
+        records.append(Record(response_id=f"{qid}.{counts[qid]}", task_id=mohler_task_id(qid),
                               text=row["student_answer"].strip(),
                               labels={"score": round_half_up(scores["score_avg"] * points_per_unit)},
                               metadata={**scores, "line": line}))
@@ -276,15 +282,13 @@ def _mohler_score(path: Path, line: int, column: str, value: Any) -> float:
 
 
 def _mohler_task(path: Path, qid: str, q: dict[str, Any], points_per_unit: int) -> Task:
-    if not _TASK_ID.match(f"mohler-{qid}"):
-        raise InputError(f"question id '{qid}' cannot be a task id", file=path, line=q["line"], column="id")
     top = MOHLER_MAX * points_per_unit
     scale = {"id": "score", "name": f"mean of two graders, 0-{MOHLER_MAX} in steps of 1/{points_per_unit}",
              "min": 0, "max": top, "levels": [
                  {"score": 0, "description": "Completely incorrect."},
                  {"score": top, "description": "A perfect answer: everything the desired answer says."}]}
     return _make_task({
-        "id": f"mohler-{qid}", "title": f"Mohler {qid}", "question": q["question"].strip(), "subject": "Computer science",
+        "id": mohler_task_id(qid), "title": f"Mohler {qid}", "question": q["question"].strip(), "subject": "Computer science",
         "rubric": {"scales": [scale]},
         "reference_answers": [{"text": q["desired_answer"].strip(), "id": f"{qid}.desired"}],
         "metadata": {"source": "Mohler et al. (2011)", "question_id": qid, "points_per_unit": points_per_unit},
@@ -301,6 +305,10 @@ _SAF_DESCRIPTIONS = {
 }
 
 
+def saf_task_id(question_id: str) -> str:
+    return f"saf-{question_id}"
+
+
 def load_saf(root: str | Path) -> Converted:
     """A folder of SAF question XMLs (``.../saf/v2.0/training``; a v1 folder's ``english/`` is used when
     ``root`` has one) -> tasks ``saf-<qid>`` with an ordinal ``score`` 0-2 from the verification label.
@@ -315,9 +323,7 @@ def load_saf(root: str | Path) -> Converted:
 
 
 def _saf_question(xf: _XmlFile) -> _Question:
-    q = xf.root
-    qid = xf.attr(q, "id")
-    tid = _task_id(xf, "saf", qid)
+    q, qid, tid = _question(xf, saf_task_id)
     refs = [{"text": xf.text(r, "referenceAnswer"), "id": r.get("id")}
             for r in q.iterfind("referenceAnswers/referenceAnswer")]
     out = []
