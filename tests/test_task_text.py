@@ -66,6 +66,25 @@ def test_statements_follow_the_rubric_kind() -> None:
     assert label_statements(two_way, one, one.specs[0], 2) == ["reference answer: best", "reference answer: good one"]
 
 
+def test_reference_answers_of_an_ordinal_item_precede_its_question() -> None:
+    from transformers import BertTokenizerFast
+
+    from rubricate.tasks import Task, task_from_dict
+
+    if "reference_answers" not in Task.model_fields:
+        pytest.skip("the task schema has no reference_answers yet")
+    task = task_from_dict({"id": "t", "title": "t", "question": "why is rain acid",
+                           "reference_answers": [{"text": "gas in the water"}],
+                           "rubric": {"scales": [{"id": "score", "min": 0, "max": 2}]}})
+    from tiny_models import tiny_vocab
+
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(tiny_vocab())}, do_lower_case=True)
+    st = task_statements(task, tok, TaskTextOptions())
+    assert tok.decode(st.question_ids).startswith("reference answers : gas in the water question : why")
+    assert [tok.decode(x) for x in st.statement_ids] == ["score at least 1 of 2", "score at least 2 of 2"]
+    assert st.label_of == [0, 1]
+
+
 def test_pair_ids_truncate_the_question_first() -> None:
     st, q, r = [10, 11], list(range(100, 140)), [20, 21, 22]
     ids = pair_ids(st, q, r, cls_id=1, sep_id=2, max_length=16)

@@ -95,8 +95,6 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, extra: dict[str,
 
 def load_model(checkpoint_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """Load (model in eval mode, tokenizer, full config document) from a checkpoint directory."""
-    from safetensors.torch import load_file
-
     from rubricate.student.configuration import StudentConfig
     from rubricate.student.modeling import StudentModel
 
@@ -104,16 +102,23 @@ def load_model(checkpoint_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     if not (d / WEIGHTS_NAME).exists():
         raise FileNotFoundError(f"{d} is not a rubricate student checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     doc = read_document(d)
-    model = StudentModel(StudentConfig.from_dict(doc["model"]))
-    missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=False)
+    model = load_weights(StudentModel(StudentConfig.from_dict(doc["model"])), d)
+    return model, load_tokenizer(d), doc
+
+
+def load_weights(model: Any, checkpoint_dir: str | Path) -> Any:
+    """Load ``model.safetensors`` into ``model`` (strict but for position_ids buffers); returns it in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(checkpoint_dir) / WEIGHTS_NAME
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
     # position_ids buffers differ between transformers versions; anything else is a real mismatch
     missing = [k for k in missing if not k.endswith("position_ids")]
     unexpected = [k for k in unexpected if not k.endswith("position_ids")]
     if missing or unexpected:
-        raise ValueError(f"{d / WEIGHTS_NAME}: weights do not match the config (missing {missing[:5]}, "
+        raise ValueError(f"{path}: weights do not match the config (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
-    model.eval()
-    return model, load_tokenizer(d), doc
+    return model.eval()
 
 
 def load_checkpoint(checkpoint_dir: str | Path) -> tuple[Any, Any, TaskRegistry, dict[str, LabelEncoding],

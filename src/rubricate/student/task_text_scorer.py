@@ -189,8 +189,7 @@ class TaskTextScorer:
 
 def load_task_text_model(checkpoint_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     """(TaskTextModel in eval mode, tokenizer, config document) of a task-text checkpoint."""
-    from safetensors.torch import load_file
-
+    from rubricate.student.checkpoint import load_weights
     from rubricate.student.task_text import ARCHITECTURE, TaskTextConfig, TaskTextModel
 
     d = Path(checkpoint_dir)
@@ -199,11 +198,4 @@ def load_task_text_model(checkpoint_dir: str | Path) -> tuple[Any, Any, dict[str
         raise ValueError(f"{d}: not a task-text checkpoint (architecture={doc.get('architecture')!r})")
     if not (d / WEIGHTS_NAME).exists():
         raise FileNotFoundError(f"{d} has no {WEIGHTS_NAME}")
-    model = TaskTextModel(TaskTextConfig.from_dict(doc["model"]))
-    missing, unexpected = model.load_state_dict(load_file(str(d / WEIGHTS_NAME)), strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"{d / WEIGHTS_NAME}: weights do not match the config (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
-    return model.eval(), load_tokenizer(d), doc
+    return load_weights(TaskTextModel(TaskTextConfig.from_dict(doc["model"])), d), load_tokenizer(d), doc
