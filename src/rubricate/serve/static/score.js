@@ -12,7 +12,7 @@ const SOURCE_TEXT = {
 };
 function sourceBadge(t) {
   if (!t.source) return [];
-  return [el("span", { class: "badge source " + t.source, id: "source-badge" }, SOURCE_LABEL[t.source] || t.source)];
+  return [el("span", { class: "badge source " + t.source }, SOURCE_LABEL[t.source] || t.source)];
 }
 
 function showTask() {
