@@ -17,7 +17,14 @@ import yaml
 
 from rubricate.data.records import write_records
 from rubricate.student.checkpoint import load_checkpoint
-from rubricate.student.distributed import SINGLE, DistContext, launch_rank, process_group, shard_rows
+from rubricate.student.distributed import (
+    SINGLE,
+    DistContext,
+    DistributedOptions,
+    launch_rank,
+    process_group,
+    shard_rows,
+)
 from rubricate.student.inference import run_model
 from rubricate.student.teachers import cross_fit_specialists
 from rubricate.student.trainer import TrainingArguments, train
@@ -47,6 +54,8 @@ def test_outside_a_launch_training_stays_one_process(monkeypatch) -> None:
         assert ctx is SINGLE and not ctx.enabled and ctx.is_main
     assert launch_rank() == 0
     assert not torch.distributed.is_initialized()
+    with pytest.raises(ValueError, match="backend"):
+        DistributedOptions(backend="mpi")  # type: ignore[arg-type]
 
 
 def _free_port() -> int:
@@ -123,3 +132,24 @@ def test_only_rank_zero_prints_the_result(runs) -> None:
     lines = [json.loads(x) for x in runs["stdout"].splitlines() if x.startswith("{")]
     assert len(lines) == 1 and Path(lines[0]["checkpoint"]) == runs["two"]
     assert lines[0]["val_mean_agreement"] == pytest.approx(runs["one"].val_mean_agreement, abs=1e-6)
+
+
+def test_a_process_group_the_caller_opened_is_used_and_left_open(tmp_path) -> None:
+    """The library way: ``train`` inside a group of one gloo process is a DDP run (same model) and leaves it open."""
+    import torch.distributed as dist
+
+    reg = tiny_tasks()
+    tr = tiny_records("tiny-ord", 21) + tiny_records("tiny-crit", 20)
+    args = TrainingArguments(encoder=str(_no_dropout_encoder(tmp_path / "enc")), method="unimoe", dropout=0.0,
+                             epochs=1, batch_size=8, progress=False, seed=1, output_dir=str(tmp_path / "one"))
+    one = train(args, registry=reg, train_records=tr)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        with process_group() as ctx:
+            assert ctx.enabled and ctx.world_size == 1 and ctx.backend == "gloo"
+        ddp = train(replace(args, output_dir=str(tmp_path / "ddp")), registry=reg, train_records=tr)
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+    s1, s2 = (load_checkpoint(r.checkpoint_dir)[0].state_dict() for r in (one, ddp))
+    assert max(float((s1[k] - s2[k]).abs().max()) for k in s1) < TOLERANCE

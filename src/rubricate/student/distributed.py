@@ -45,6 +45,12 @@ class DistributedOptions:
     #: pass must finish within it
     timeout_minutes: float = 30.0
 
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {self.backend!r}")
+        if not self.timeout_minutes > 0:
+            raise ValueError(f"timeout_minutes must be > 0, got {self.timeout_minutes}")
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -84,8 +90,6 @@ def resolve_backend(backend: Backend) -> str:
     """The backend of ``backend`` ("auto": nccl with CUDA, gloo without)."""
     import torch
 
-    if backend not in ("auto", "gloo", "nccl"):
-        raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {backend!r}")
     if backend == "auto":
         return "nccl" if torch.cuda.is_available() else "gloo"
     return backend
@@ -182,8 +186,9 @@ def wrap_model(model: "torch.nn.Module", ctx: DistContext) -> Any:
     """``model`` on this rank's device, in DistributedDataParallel (or as it is for a single process).
 
     ``find_unused_parameters=True``: a shard seldom holds every task, so some task heads (and task-owned layers)
-    get no gradient on a rank. ``broadcast_buffers=False``: the student has no running statistics (LayerNorm, not
-    BatchNorm); its buffers are constants such as position ids, so broadcasting them every step would be wasted.
+    get no gradient on a rank. ``forward_sync_buffers=False``: the student has no running statistics (LayerNorm,
+    not BatchNorm); its buffers are constants such as position ids (synced once, when DDP starts), so sending them
+    again at every forward would be wasted.
     """
     if not ctx.enabled:
         return model
@@ -191,7 +196,8 @@ def wrap_model(model: "torch.nn.Module", ctx: DistContext) -> Any:
 
     model.to(ctx.device)
     ids = [ctx.local_rank] if ctx.device.startswith("cuda") else None
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True,
+                                   forward_sync_buffers=False)
 
 
 def shard_loss(out: Any, terms: Sequence[Any], n_rows: int, live: bool,
