@@ -19,6 +19,7 @@ from rubricate.data.records import write_records
 from rubricate.student.checkpoint import load_checkpoint
 from rubricate.student.distributed import (
     SINGLE,
+    DeviceView,
     DistContext,
     DistributedOptions,
     launch_rank,
@@ -151,5 +152,11 @@ def test_a_process_group_the_caller_opened_is_used_and_left_open(tmp_path) -> No
         assert dist.is_initialized()
     finally:
         dist.destroy_process_group()
-    s1, s2 = (load_checkpoint(r.checkpoint_dir)[0].state_dict() for r in (one, ddp))
+    (m1, tok, *_), (m2, *_) = (load_checkpoint(r.checkpoint_dir) for r in (one, ddp))
+    s1, s2 = m1.state_dict(), m2.state_dict()
     assert max(float((s1[k] - s2[k]).abs().max()) for k in s1) < TOLERANCE
+    # rank 0's validation on a GPU goes through DeviceView; on the CPU it must give run_model's own outputs
+    ids, task = tok([r.text for r in tr[:5]])["input_ids"], [0] * 5
+    direct, via = run_model(m1, ids, task, tok.pad_token_id), run_model(DeviceView(m1, "cpu"), ids, task,
+                                                                        tok.pad_token_id)
+    assert np.array_equal(direct[0], via[0]) and np.array_equal(direct[1], via[1])

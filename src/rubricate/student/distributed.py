@@ -134,7 +134,7 @@ def process_group(options: DistributedOptions | None = None) -> Iterator[DistCon
 def shard_rows(rows: np.ndarray, ctx: DistContext) -> np.ndarray:
     """This rank's disjoint share of a global batch: every ``world_size``-th row from ``rank`` on.
 
-    The batches are length-sorted, so striding gives every rank rows of similar lengths (like padding). Unlike
+    The batches are length-sorted, so striding gives every rank rows of similar lengths (and as little padding). Unlike
     ``DistributedSampler`` nothing is repeated to even out the shares: a rank can get fewer rows, or none at the
     end of an epoch (the trainer then runs a zero-weight row, so every rank still joins the gradient reduction).
     """
