@@ -297,3 +297,12 @@ def test_report_score_sources_mixed_and_bad(tmp_path: Path) -> None:
     pred.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="line 3.*source"):
         score_sources(pred, ["sci-1", "read-2"])
+
+
+def test_prediction_sources_of_scorer_outputs() -> None:
+    from types import SimpleNamespace as NS
+
+    from rubricate.metrics.workflow import prediction_sources
+
+    preds = [NS(task_id="a", source="zero_shot"), NS(task_id="a", source="zero_shot"), NS(task_id="b")]
+    assert prediction_sources(preds, ["a", "b", "c"]) == {"a": "zero_shot", "b": "trained", "c": "trained"}

@@ -17,6 +17,8 @@ A request that cannot run raises :class:`RequestError` naming the field, before 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,26 +155,19 @@ def _scorer(
     return records, read_predictions(req.pred, registry), req.pred.stem, "Reliability report"
 
 
-def score_sources(path: Path, task_ids: list[str]) -> dict[str, str]:
-    """Per task: where its predicted scores came from (``trained``, ``few_shot``, ``zero_shot``).
+def _source(raw: object) -> str:
+    """A prediction's score source; a missing or empty one is the default (``trained``)."""
+    from rubricate.student.active import DEFAULT_SCORE_SOURCE
 
-    Read from the predictions' ``source`` field (JSONL) or column (tables), written by a task-text student;
-    a file or row without one is ``trained``. A task whose rows differ says so: ``mixed (few_shot 3,
-    trained 2)``. Any other value is an error naming the file, line and column.
-    """
-    from collections import Counter
+    return DEFAULT_SCORE_SOURCE if raw is None or str(raw).strip() == "" else str(raw).strip()
 
-    from rubricate.data.tables import strict_rows
-    from rubricate.student.active import DEFAULT_SCORE_SOURCE, SCORE_SOURCES
+
+def summarize_sources(pairs: Iterable[tuple[str, str]], task_ids: list[str]) -> dict[str, str]:
+    """Per task of ``task_ids``: its one source, or ``mixed (few_shot 3, trained 2)`` when its rows differ."""
+    from rubricate.student.active import DEFAULT_SCORE_SOURCE
 
     counts: dict[str, Counter[str]] = {t: Counter() for t in task_ids}
-    for line, row in strict_rows(path)[1]:
-        raw = row.get("source")
-        src = DEFAULT_SCORE_SOURCE if raw is None or str(raw).strip() == "" else str(raw).strip()
-        if src not in SCORE_SOURCES:
-            raise InputError(f"unknown score source {src!r} (use one of {', '.join(SCORE_SOURCES)})",
-                             file=path, line=line, column="source")
-        tid = str(row.get("task_id", "")).strip()
+    for tid, src in pairs:
         if tid in counts:
             counts[tid][src] += 1
     out = {}
@@ -182,6 +177,32 @@ def score_sources(path: Path, task_ids: list[str]) -> dict[str, str]:
         else:
             out[tid] = "mixed (" + ", ".join(f"{k} {n}" for k, n in sorted(c.items())) + ")"
     return out
+
+
+def score_sources(path: Path, task_ids: list[str]) -> dict[str, str]:
+    """Per task: where its predicted scores came from (``trained``, ``few_shot``, ``zero_shot``).
+
+    Read from the predictions' ``source`` field (JSONL) or column (tables), written by a task-text student;
+    a file or row without one is ``trained``. A task whose rows differ says so (:func:`summarize_sources`).
+    Any other value is an error naming the file, line and column.
+    """
+    from rubricate.data.tables import strict_rows
+    from rubricate.student.active import SCORE_SOURCES
+
+    pairs = []
+    for line, row in strict_rows(path)[1]:
+        src = _source(row.get("source"))
+        if src not in SCORE_SOURCES:
+            raise InputError(f"unknown score source {src!r} (use one of {', '.join(SCORE_SOURCES)})",
+                             file=path, line=line, column="source")
+        pairs.append((str(row.get("task_id", "")).strip(), src))
+    return summarize_sources(pairs, task_ids)
+
+
+def prediction_sources(predictions: Iterable[object], task_ids: list[str]) -> dict[str, str]:
+    """:func:`score_sources` of scorer outputs in memory (``Prediction.source``; none = ``trained``)."""
+    return summarize_sources(((str(getattr(p, "task_id")), _source(getattr(p, "source", None)))
+                              for p in predictions), task_ids)
 
 
 def write_comparison(

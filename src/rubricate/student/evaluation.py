@@ -46,6 +46,7 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, data: str | Path, out_dir: s
     split file that picks the subset (default: the default split, made now).
     """
     from rubricate.metrics import evaluate
+    from rubricate.metrics.workflow import prediction_sources
     from rubricate.report import write_report
     from rubricate.student.scorer import Scorer
     from rubricate.tasks import TaskRegistry
@@ -62,5 +63,6 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, data: str | Path, out_dir: s
     pred_path = write_predictions(preds, out / PREDICTIONS_NAME)
     report = evaluate(records, preds, scorer.tasks,
                       title=f"Student {scorer.model_id} on {Path(data).name} ({opt.subset})")
+    report.settings["score_sources"] = prediction_sources(preds, [t.task_id for t in report.tasks])
     paths = {"predictions": pred_path, **write_report(report, out)}
     return EvaluateRun(report, paths, len(preds))
