@@ -306,3 +306,30 @@ def test_prediction_sources_of_scorer_outputs() -> None:
 
     preds = [NS(task_id="a", source="zero_shot"), NS(task_id="a", source="zero_shot"), NS(task_id="b")]
     assert prediction_sources(preds, ["a", "b", "c"]) == {"a": "zero_shot", "b": "trained", "c": "trained"}
+
+
+# --- end to end with a real (tiny) task-text student: a task it never trained on is zero-shot ---------------
+def test_server_with_a_task_text_student_badges_and_routes_the_new_item(tmp_path: Path) -> None:
+    trainer = pytest.importorskip("rubricate.student.task_text_trainer")
+    from rubricate.serve.reviews import NextOptions, next_to_score
+    from rubricate.student.scorer import Scorer
+    from tiny_models import make_tiny_encoder, tiny_records, tiny_tasks
+
+    reg = tiny_tasks()
+    args = trainer.TaskTextArguments(encoder=str(make_tiny_encoder(tmp_path / "enc")), output_dir=str(tmp_path / "ck"),
+                                     epochs=1, batch_size=16, max_length=48, seed=3)
+    recs = tiny_records("tiny-ord", 20) + tiny_records("tiny-crit", 20)
+    res = trainer.train_task_text(reg.subset(["tiny-ord", "tiny-crit"]), recs, args)
+    scorer = Scorer.from_pretrained(res.checkpoint_dir, tasks=reg)
+    assert task_sources(scorer) == {"tiny-ord": "trained", "tiny-crit": "trained", "tiny-new": "zero_shot"}
+    # thresholds at the extremes: no trained result needs review, every zero-shot one does
+    settings = ServeSettings(database_url=f"sqlite:///{tmp_path}/s.db", review_confidence=0.0,
+                             review_confidence_zero_shot=1.0)
+    with TestClient(create_app(settings, scorer=scorer)) as c:
+        assert "tiny-new — tiny-new (zero-shot)" in c.get("/").text
+        new = _score(c, "tiny-new", {f"n{i}": t.text for i, t in enumerate(tiny_records("tiny-new", 6))})
+        old = _score(c, "tiny-ord", {"o1": "acid rain and the cell"})
+        assert all(r["needs_review"] for r in new) and not old[0]["needs_review"]
+        assert {q["details"]["threshold"] for q in c.get("/v1/reviews?limit=50").json()["items"]} == {1.0}
+        batch = next_to_score(settings.database_url, "tiny-new", NextOptions(n=3, strategy="hybrid"))
+    assert len(batch.items) == 3 and batch.n_candidates == 6 and batch.label_keys == ["score"]
