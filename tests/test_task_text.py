@@ -189,3 +189,32 @@ def test_fit_head_prior_and_features() -> None:
     # a label with no examples keeps the zero-shot prior exactly
     empty = fit_head(z0, h, np.full((n, 1), np.nan), FewShotArguments())
     assert empty.a.tolist() == [1.0] and empty.b.tolist() == [0.0]
+
+
+def test_cli_train_task_text_and_few_shot(setup, tmp_path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from rubricate.cli import app
+    from rubricate.data.records import write_records
+
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    for t in setup["reg"].snapshot():
+        (tasks_dir / f"{t['id']}.yaml").write_text(yaml.safe_dump(t))
+    data = write_records(tiny_records("tiny-ord", 20), tmp_path / "train.jsonl")
+    runner = CliRunner()
+    ck = tmp_path / "ck"
+    res = runner.invoke(app, ["train-task-text", "-t", str(tasks_dir / "tiny-ord.yaml"), "-d", str(data),
+                              "-o", str(ck), "-s", f"encoder={setup['enc']}", "-s", "max_steps=2",
+                              "-s", "max_length=32"])
+    assert res.exit_code == 0, res.output
+    line = res.output[res.output.index('{"checkpoint"'):].splitlines()[0]  # HF progress bars share the output
+    assert json.loads(line)["units"] == 20 * 2  # two cumulative labels per response
+    shots = write_records(tiny_records("tiny-new", 10), tmp_path / "shots.jsonl")
+    res = runner.invoke(app, ["few-shot", "-m", str(ck), "--task", str(tasks_dir / "tiny-new.yaml"),
+                              "-d", str(shots)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((ck / "config.json").read_text())
+    assert doc["task_sources"] == {"tiny-ord": "trained", "tiny-new": "few_shot"}
+    assert doc["few_shot"]["tiny-new"]["n_examples"] == 10

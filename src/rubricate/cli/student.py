@@ -21,6 +21,8 @@ from rubricate.student.arguments import EvaluateOptions as E
 from rubricate.student.arguments import LLMTeacherArguments as L
 from rubricate.student.arguments import TrainingArguments
 from rubricate.student.distributed import DistributedOptions as D
+from rubricate.student.task_text_trainer import FewShotArguments as FSA
+from rubricate.student.task_text_trainer import TaskTextArguments as TTA
 
 teach_app = typer.Typer(help="Produce a teacher-outputs file (soft labels) for distillation.", no_args_is_help=True)
 
@@ -228,9 +230,42 @@ def evaluate_cmd(
     typer.echo(f"mean QWK {a.mean:.4f}  Fisher-z mean QWK {a.fisher_z:.4f}  ({run.n_predictions} responses)")
 
 
+def train_task_text_cmd(
+    tasks: Path = typer.Option(..., "--tasks", "-t", exists=True, help="Task folder (or file) of the training items."),
+    data: Path = typer.Option(..., "--data", "-d", exists=True, help="Their scored records (JSONL or a table)."),
+    output_dir: Path = typer.Option(Path(TTA.output_dir), "--output-dir", "-o"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="A TaskTextArguments key: KEY=VALUE "
+                                             "(repeatable; e.g. max_steps=150, max_responses_per_task=300)."),
+) -> None:
+    """Train the task-text student across items (scores any task file, zero-shot; docs/benchmarks.md)."""
+    from rubricate.student.task_text_trainer import train_task_text_from_files
+
+    args = TTA(**{**_parse_overrides(set_), "output_dir": str(output_dir)})
+    res = train_task_text_from_files(tasks, data, args)
+    typer.echo(json.dumps({"checkpoint": str(res.checkpoint_dir), "units": res.n_units, "pairs": res.n_pairs,
+                           "seconds": round(res.seconds, 1)}))
+
+
+def few_shot_cmd(
+    model: Path = typer.Option(..., "--model", "-m", exists=True, file_okay=False, help="Task-text checkpoint."),
+    task: Path = typer.Option(..., "--task", exists=True, dir_okay=False, help="Task file of the new item."),
+    data: Path = typer.Option(..., "--data", "-d", exists=True, help="Its scored answers (k of them)."),
+    l2: float = typer.Option(FSA.l2, "--l2", help="Prior strength toward the zero-shot model."),
+    calibrate_only: bool = typer.Option(not FSA.features, "--calibrate-only/--head",
+                                        help="Fit only a scale and a bias per label."),
+) -> None:
+    """Fit a new item's few-shot head in a task-text checkpoint (other tasks' scores do not change)."""
+    from rubricate.student.task_text_trainer import few_shot_from_files
+
+    head = few_shot_from_files(model, task, data, FSA(l2=l2, features=not calibrate_only))
+    typer.echo(json.dumps({"checkpoint": str(model), "examples": head.n_examples}))
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("train")(train_cmd)
     app.add_typer(teach_app, name="teach")
     app.command("add-task")(add_task_cmd)
     app.command("evaluate")(evaluate_cmd)
+    app.command("train-task-text")(train_task_text_cmd)
+    app.command("few-shot")(few_shot_cmd)

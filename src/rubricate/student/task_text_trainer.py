@@ -280,3 +280,31 @@ def save_few_shot(checkpoint_dir: str | Path, task: Task, head: FewShotHead) -> 
     doc.setdefault("task_sources", {})[task.id] = "few_shot"
     (d / CONFIG_NAME).write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
     return d
+
+
+# --------------------------------------------------------------------------------------------------------
+# From files (the CLI verbs)
+# --------------------------------------------------------------------------------------------------------
+def train_task_text_from_files(tasks: str | Path, data: str | Path, args: TaskTextArguments) -> TaskTextResult:
+    """``rubricate train-task-text``: a task folder and its records (native JSONL or a table) -> a checkpoint."""
+    from rubricate.student.data import load_records
+
+    registry = TaskRegistry.from_dir(tasks)
+    return train_task_text(registry, load_records(data, registry), args)
+
+
+def few_shot_from_files(checkpoint_dir: str | Path, task_file: str | Path, data: str | Path,
+                        args: FewShotArguments) -> FewShotHead:
+    """``rubricate few-shot``: fit one task's few-shot head on its scored records and save it in the checkpoint."""
+    from rubricate.student.data import load_records
+
+    registry = TaskRegistry.from_dir(task_file)
+    if len(registry) != 1:
+        raise ValueError(f"{task_file}: expected one task, found {len(registry)} ({registry.ids[:5]})")
+    task = next(iter(registry))
+    records = [r for r in load_records(data, registry) if r.task_id == task.id and r.labels]
+    if not records:
+        raise ValueError(f"{data}: no scored records of task '{task.id}'")
+    head = fit_few_shot(TaskTextScorer.from_pretrained(checkpoint_dir), task, records, args)
+    save_few_shot(checkpoint_dir, task, head)
+    return head
