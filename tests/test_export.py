@@ -65,20 +65,26 @@ def test_scorer_backends_agree(exported: Path) -> None:
     for a, b in zip(ref, onnx.predict(tids, texts)):
         assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) <= 1e-4
         assert a.scores == b.scores or max(abs(v - 0.5) for v in a.probs.values()) < 1e-3
-    for backend in ("onnx", "torch"):
-        q = Scorer.from_pretrained(exported, backend=backend, quantize=True).predict(tids, texts)
-        for a, b in zip(ref, q):
+    for backend in ("onnx", "auto"):
+        q = Scorer.from_pretrained(exported, backend=backend, quantize=True)
+        assert q.backend == "onnx" and q.engine.quantized
+        for a, b in zip(ref, q.predict(tids, texts)):
             assert max(abs(a.probs[k] - b.probs[k]) for k in a.probs) <= 0.03
 
 
-def test_quantize_torch_int8_replaces_linear_layers(exported: Path) -> None:
-    from rubricate.student.inference import quantize_torch_int8
-    from rubricate.student.checkpoint import load_model
+def test_torch_int8_is_refused_with_the_way_to_the_onnx_engine(exported: Path, tmp_path: Path) -> None:
+    """torch.ao.quantization is deprecated: torch int8 is gone, the message names the export that replaces it."""
+    import shutil
 
-    model, _, _ = load_model(exported)
-    q = quantize_torch_int8(model)
-    kinds = {type(m).__module__ for m in q.modules()}
-    assert any("quantized" in k for k in kinds)
+    from rubricate.student.scorer import Scorer
+
+    with pytest.raises(ValueError, match="export DIR --int8"):
+        Scorer.from_pretrained(exported, backend="torch", quantize=True)
+    ck = tmp_path / "no-int8"
+    shutil.copytree(exported, ck)
+    (ck / "onnx" / "model.int8.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="--int8"):
+        Scorer.from_pretrained(ck, backend="auto", quantize=True)
 
 
 def test_parity_failure_is_loud_and_still_reported(exported: Path, tmp_path: Path) -> None:
@@ -92,30 +98,41 @@ def test_parity_failure_is_loud_and_still_reported(exported: Path, tmp_path: Pat
         export_checkpoint(ck, int8=True, tolerance_int8=1e-12)
     rep = json.loads((ck / "onnx" / "export.json").read_text())
     assert rep["passed"] is False and rep["max_abs_dprob_int8"] > 1e-12
-    # the fallback (attention-output and feed-forward MatMuls in fp32) was tried, and the report says so
-    assert rep["int8_fallback_used"] is True and rep["max_abs_dprob_int8_full"] > 1e-12
-    n_layers = json.loads((ck / "config.json").read_text())["model"]["encoder_config"]["num_hidden_layers"]
-    assert rep["int8_excluded_nodes"] == 3 * n_layers  # the last step: attention-output + feed-forward pair
+    # the report records how the graph was quantized (no silent fp32 fallback any more)
+    assert rep["int8_options"]["weight_block"] == 32 and rep["int8_excluded_nodes"] == 0
 
 
 def test_int8_exclusion_keeps_the_matching_matmuls_in_fp32(exported: Path, tmp_path: Path) -> None:
-    """The fallback pattern finds one MatMul per transformer layer; the int8 graph keeps them unquantized."""
+    """``Int8Options.exclude`` finds one MatMul per transformer layer; the int8 graph keeps them unquantized."""
     import re
     import shutil
 
     import onnx
 
-    from rubricate.student.export import INT8_FALLBACK_STEPS, export_checkpoint
+    from rubricate.student.export import export_checkpoint
+    from rubricate.student.onnx_tools import Int8Options
 
     ck = tmp_path / "ck"
     shutil.copytree(exported, ck)
     n_layers = json.loads((ck / "config.json").read_text())["model"]["encoder_config"]["num_hidden_layers"]
-    rep = export_checkpoint(ck, int8=True, int8_exclude=INT8_FALLBACK_STEPS[0])
-    assert rep.int8_excluded_nodes == n_layers and not rep.int8_fallback_used
+    rep = export_checkpoint(ck, int8=True, int8_options=Int8Options(exclude=r"layer\.\d+/output/dense/MatMul"))
+    assert rep.int8_excluded_nodes == n_layers
     ops = {n.name: n.op_type for n in onnx.load(rep.int8_path).graph.node}
     kept = [n for n, op in ops.items() if op == "MatMul" and re.search(r"layer\.\d+/output/dense/", n)]
-    assert len(kept) == n_layers  # still plain fp32 MatMuls, not MatMulInteger
-    assert any(op == "MatMulInteger" for op in ops.values())
+    assert len(kept) == n_layers  # still plain fp32 MatMuls, not MatMulNBits
+    assert any(op == "MatMulNBits" for op in ops.values())
+
+
+def test_int8_graph_quantizes_heads_and_the_embedding_table(exported: Path) -> None:
+    """Every weighted MatMul/Gemm (heads and gates included) is block-wise int8; so is a large embedding table."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported / "onnx" / "model.int8.onnx")).graph.node]
+    assert "MatMulNBits" in ops and "Gemm" not in ops and "MatMulInteger" not in ops
+    fp32 = onnx.load(str(exported / "onnx" / "model.onnx"))
+    inits = {i.name: list(i.dims) for i in fp32.graph.initializer}
+    big = [n for n in fp32.graph.node if n.op_type == "Gather" and inits.get(n.input[0], [0])[0] >= 1024]
+    assert ops.count("GatherBlockQuantized") == len(big)
 
 
 def test_fp32_reexport_removes_a_stale_int8_graph(exported: Path, tmp_path: Path) -> None:
@@ -198,11 +215,6 @@ def test_export_of_a_model_with_task_layers_keeps_parity(tmp_path: Path) -> None
     with torch.no_grad():
         ref, _ = model.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor([0, 1, 1]))
     assert max_prob_difference(ref.numpy(), logits, np.array([0, 1, 1]), model.config.n_labels) <= 1e-4
-    # torch dynamic int8 copies the model: its hooks must route through the copy's quantized task layers
-    from rubricate.student.inference import quantize_torch_int8
-
-    q = quantize_torch_int8(model)
-    assert "quantized" in type(q.task_layers[0][0].intermediate.dense).__module__
-    with torch.no_grad():
-        qz, _ = q.forward_padded(torch.from_numpy(ids), torch.from_numpy(mask), torch.tensor([0, 1, 1]))
-    assert max_prob_difference(ref.numpy(), qz.numpy(), np.array([0, 1, 1]), model.config.n_labels) <= 0.05
+    # the int8 graph routes mixed-task rows through the task layer's quantized copy too
+    z8, _ = OnnxEngine(out / "onnx" / "model.int8.onnx", intra_op_threads=1).run(ids, mask, np.array([0, 1, 1]))
+    assert max_prob_difference(ref.numpy(), z8, np.array([0, 1, 1]), model.config.n_labels) <= 0.05

@@ -13,8 +13,10 @@ import typer
 
 from rubricate.batch.predict import PredictOptions
 from rubricate.serve.settings import ServeSettings
+from rubricate.student.onnx_tools import Int8Options
 
 _PREDICT = PredictOptions()  #: the predict verb's defaults are the library's, never retyped
+_INT8 = Int8Options()  #: ``export --int8`` defaults
 SERVE_DEFAULTS = ServeSettings()  #: option defaults are read from the library's settings model, never retyped
 db_app = typer.Typer(help="Server database: migrations.", no_args_is_help=True)
 
@@ -47,18 +49,15 @@ def _db_url(url: str | None) -> str:
 def export(
     model: Path = typer.Argument(..., help="Student checkpoint directory."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write an ONNX graph (the only export format)."),
-    int8: bool = typer.Option(_export_default("int8"), "--int8", help="Also write a dynamic int8 quantized graph."),
+    int8: bool = typer.Option(_export_default("int8"), "--int8", help="Also write a block-wise int8 graph."),
     opset: int = typer.Option(_export_default("opset"), help="ONNX opset."),
-    per_channel: bool = typer.Option(_export_default("per_channel"), "--per-channel/--per-tensor", help="int8: one weight scale per column."),
-    reduce_range: bool = typer.Option(_export_default("reduce_range"), "--reduce-range/--full-range",
-                                      help="int8: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI)."),
+    weight_block: int = typer.Option(_INT8.weight_block, help="int8: weights per scale along a MatMul column."),
+    embedding_bits: Optional[int] = typer.Option(_INT8.embedding_bits, help="int8: bits of the word-embedding "
+                                                 "table (8, or 4: smaller, less exact); 0 keeps it fp32."),
     tol_fp32: float = typer.Option(_export_default("tolerance_fp32"), help="Parity tolerance: max |dprob| vs torch for fp32."),
     tol_int8: float = typer.Option(_export_default("tolerance_int8"), help="Parity tolerance: max |dprob| vs torch for int8."),
-    int8_exclude: Optional[str] = typer.Option(None, "--int8-exclude", help="int8: regex of MatMul/Gemm node "
-                                               "names kept in fp32."),
-    int8_fallback: bool = typer.Option(_export_default("int8_fallback"), "--int8-fallback/--no-int8-fallback",
-                                       help="int8: while parity fails, keep more MatMuls in fp32 (each layer's "
-                                            "feed-forward output, then its other projections) and check again."),
+    int8_exclude: Optional[str] = typer.Option(_INT8.exclude, "--int8-exclude", help="int8: regex of MatMul/Gemm "
+                                               "node names kept in fp32."),
 ) -> None:
     """Export the whole student (encoder, MoE, heads; task id as an input) next to the checkpoint."""
     from rich.console import Console
@@ -69,9 +68,9 @@ def export(
         raise typer.BadParameter("nothing to do: --onnx is the only export format")
     console = Console()
     try:
-        rep = export_checkpoint(model, int8=int8, opset=opset, per_channel=per_channel, reduce_range=reduce_range,
-                                tolerance_fp32=tol_fp32, tolerance_int8=tol_int8, int8_exclude=int8_exclude,
-                                int8_fallback=int8_fallback)
+        options = Int8Options(weight_block=weight_block, embedding_bits=embedding_bits or None, exclude=int8_exclude)
+        rep = export_checkpoint(model, int8=int8, opset=opset, tolerance_fp32=tol_fp32, tolerance_int8=tol_int8,
+                                int8_options=options)
     except ParityError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)
@@ -80,9 +79,8 @@ def export(
                   f"over {rep.n_parity_inputs} inputs")
     if rep.int8_path:
         console.print(f"wrote {rep.int8_path} ({rep.size_mb['model.int8.onnx']:.1f} MB)")
-        if rep.int8_fallback_used:
-            console.print(f"[yellow]int8: the fully quantized graph failed parity (max |dprob| "
-                          f"{rep.max_abs_dprob_int8_full:.4f}); kept {rep.int8_excluded_nodes} MatMuls in fp32[/yellow]")
+        if rep.int8_excluded_nodes:
+            console.print(f"int8: kept {rep.int8_excluded_nodes} MatMuls in fp32 (--int8-exclude)")
         console.print(f"parity int8: max |dprob| = {rep.max_abs_dprob_int8:.4f} (tolerance {rep.tolerance_int8})")
     console.print("[green]parity check passed[/green]")
 

@@ -29,7 +29,7 @@ class ServeSettings(BaseModel):
     model_dir: Path | None = Field(None, description="Student checkpoint served by /v1/score (None: agents only).")
     tasks_dir: Path | None = Field(None, description="Task files; default: the tasks stored in the checkpoint.")
     backend: str = Field("auto", description="Student backend: auto (ONNX when exported) | torch | onnx.")
-    quantize: bool = Field(False, description="torch backend: dynamic int8 quantization.")
+    quantize: bool = Field(False, description="Serve the int8 ONNX graph (onnx/model.int8.onnx; `rubricate export --int8`).")
     threads: int | None = Field(None, ge=1, description="CPU threads for the student (ONNX Runtime intra-op or "
                                                          "torch); None = the runtime's default (all cores).")
     database_url: str = Field("sqlite:///rubricate.db", description="SQLAlchemy URL; SQLite file or PostgreSQL.")

@@ -8,7 +8,9 @@ decodes, and :class:`OnnxEngine` only maps numpy arrays to numpy arrays (so the 
 tokenizer the checkpoint ships).
 
 Files, next to the checkpoint: ``<checkpoint>/onnx/model.onnx`` and, with ``int8``,
-``<checkpoint>/onnx/model.int8.onnx`` plus ``<checkpoint>/onnx/export.json`` (the parity report).
+``<checkpoint>/onnx/model.int8.onnx`` (block-wise int8 weights and embedding table, see
+:mod:`rubricate.student.onnx_tools` for why and what was measured) plus ``<checkpoint>/onnx/export.json``
+(the parity report).
 
 Parity: the export is run on real-looking inputs (the task questions and rubric texts stored in the
 checkpoint, otherwise built-in sentences) for every task index, and the largest absolute difference of
@@ -27,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rubricate.student.inference import run_engine, run_model
+from rubricate.student.onnx_tools import Int8Options, SessionOptions, quantize_int8
 
 ONNX_DIR = "onnx"
 FP32_NAME = "model.onnx"
@@ -39,18 +42,6 @@ OUTPUT_NAMES = ["logits", "gate_weights"]
 PARITY_BATCH_SIZE = 32
 DEFAULT_FP32_TOLERANCE = 1e-4
 DEFAULT_INT8_TOLERANCE = 0.03
-#: MatMuls kept in fp32, step by step, while the int8 graph fails its parity check. Step 1: each transformer
-#: layer's feed-forward output projection (``layer.N/output/dense`` in BERT/MiniLM and MPNet alike), whose
-#: input - the GELU activations of the 4x-wide intermediate layer - has the widest range, where 8-bit dynamic
-#: activation quantization loses most. Step 2 adds the attention output and feed-forward input projections.
-#: Measured on all-mpnet-base-v2 (``rubricate export --int8``, max |dprob| vs torch): fully quantized 0.054
-#: (192 MB); step 1, 12 of 118 MatMuls in fp32: 0.024 (264 MB); step 2, 36 MatMuls: 0.008 (365 MB);
-#: fp32 453 MB.
-INT8_FALLBACK_STEPS: tuple[str, ...] = (
-    r"layer\.\d+/output/dense/MatMul",
-    r"layer\.\d+/(output/dense|attention/output/dense|attention/attn/o|intermediate/dense)/MatMul",
-)
-
 _FALLBACK_TEXTS = [
     "Gas A and gas D could be the same substance because they have the same density.",
     "The plant grew more in the light because photosynthesis needs energy from light.",
@@ -81,10 +72,8 @@ class ExportReport:
     tolerance_fp32: float
     tolerance_int8: float
     max_abs_dgate_fp32: float
-    int8_exclude: str | None = None  #: regex of the MatMul/Gemm nodes kept in fp32 in the int8 graph
-    int8_excluded_nodes: int = 0
-    int8_fallback_used: bool = False  #: the first int8 graph failed parity; INT8_FALLBACK_STEPS were applied
-    max_abs_dprob_int8_full: float | None = None  #: the first int8 graph's max |dprob| (fallback only)
+    int8_options: dict[str, Any] | None = None  #: the :class:`Int8Options` used
+    int8_excluded_nodes: int = 0  #: MatMul/Gemm nodes kept fp32 (``Int8Options.exclude``)
     size_mb: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -157,54 +146,30 @@ def export_model(model: Any, out_path: str | Path, *, opset: int = 17, example_b
     return out_path
 
 
-def quantize_onnx_int8(src: str | Path, dst: str | Path, per_channel: bool = True,
-                       reduce_range: bool = True, exclude: str | None = None) -> tuple[Path, list[str]]:
-    """Dynamic int8 quantization of the MatMul/Gemm weights (activations quantized on the fly).
-
-    ``reduce_range`` stores weights in 7 bits: x86 CPUs without VNNI multiply u8 x s8 pairs with a
-    saturating 16-bit add, and full-range weights overflow it. Measured on a MiniLM student, max |dprob|
-    vs torch is 0.043 with per-tensor full-range weights (fails the 0.03 tolerance), 0.018 per-channel,
-    0.014 per-channel + reduced range; on a tiny random student 0.038 -> 0.0015. ``per_channel`` keeps
-    one scale per output column. ``exclude``: a regex; MatMul/Gemm nodes whose name matches stay fp32.
-    Returns the written path and the names of the excluded nodes.
-    """
-    import re
-
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    excluded: list[str] = []
-    if exclude:
-        graph = onnx.load(str(src), load_external_data=False).graph
-        excluded = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and re.search(exclude, n.name)]
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=excluded)
-    return dst, excluded
-
-
 # --------------------------------------------------------------------------------------------------------
 # ONNX Runtime side
 # --------------------------------------------------------------------------------------------------------
 class OnnxEngine:
     """Runs an exported student with ONNX Runtime: numpy in, numpy out, tokenizer-agnostic.
 
-    ``intra_op_threads``: ONNX Runtime's per-call thread count (None = its default, all cores); set 1
-    when several engines or server workers share a small machine.
+    ``session``: the CPU session settings (:class:`~rubricate.student.onnx_tools.SessionOptions`, defaults
+    there); ``intra_op_threads`` overrides its thread count (set 1 when several engines share a small machine).
     """
 
-    def __init__(self, path: str | Path, intra_op_threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, intra_op_threads: int | None = None,
+                 session: SessionOptions | None = None) -> None:
+        import dataclasses
+
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        settings = session or SessionOptions()
         if intra_op_threads is not None:
-            opts.intra_op_num_threads = int(intra_op_threads)
-        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=["CPUExecutionProvider"])
+            settings = dataclasses.replace(settings, intra_op_threads=int(intra_op_threads))
+        self.session = ort.InferenceSession(str(self.path), sess_options=settings.to_ort(),
+                                            providers=["CPUExecutionProvider"])
         self.quantized = self.path.name.endswith(".int8.onnx")
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
@@ -264,26 +229,6 @@ def _texts_from_doc(doc: dict[str, Any]) -> list[str]:
     return [s for s in out if s.strip()][:12]
 
 
-def _int8_until_parity(fp32_path: Path, int8_path: Path, difference: Any, int8_exclude: str | None,
-                       fallback: bool, tolerance: float, per_channel: bool,
-                       reduce_range: bool) -> tuple[Path, list[str], str | None, float, float, int]:
-    """Quantize with the user's pattern, then (while parity fails) with each of :data:`INT8_FALLBACK_STEPS` added.
-
-    Returns (int8 path, excluded nodes, the pattern used, its max |dprob|, the first attempt's, attempts).
-    """
-    steps = INT8_FALLBACK_STEPS if fallback else ()
-    patterns = [int8_exclude] + [f"({int8_exclude})|{s}" if int8_exclude else s for s in steps]
-    first: float | None = None
-    for attempts, exclude in enumerate(patterns, start=1):
-        out, excluded = quantize_onnx_int8(fp32_path, int8_path, per_channel=per_channel, reduce_range=reduce_range,
-                                           exclude=exclude)
-        d8 = difference(out)
-        first = d8 if first is None else first
-        if d8 <= tolerance:
-            break
-    return out, excluded, exclude, d8, first, attempts
-
-
 def export_checkpoint(
     checkpoint_dir: str | Path,
     *,
@@ -292,19 +237,14 @@ def export_checkpoint(
     parity_texts: Sequence[str] | None = None,
     tolerance_fp32: float = DEFAULT_FP32_TOLERANCE,
     tolerance_int8: float = DEFAULT_INT8_TOLERANCE,
-    per_channel: bool = True,
-    reduce_range: bool = True,
-    int8_exclude: str | None = None,
-    int8_fallback: bool = True,
+    int8_options: Int8Options | None = None,
     strict: bool = True,
 ) -> ExportReport:
     """Export a student checkpoint to ``<dir>/onnx/`` (+ int8), check parity against torch, report.
 
     ``parity_texts``: inputs for the parity check (default: texts stored in the checkpoint plus
-    built-in sentences); each is run under every task index. ``per_channel``/``reduce_range``: see
-    :func:`quantize_onnx_int8`. ``int8_exclude``: regex of MatMul/Gemm node names kept fp32. ``int8_fallback``:
-    while the int8 graph fails its tolerance, quantize again with the next of :data:`INT8_FALLBACK_STEPS`
-    added (the report says so and keeps the first attempt's difference). ``strict``: raise :class:`ParityError`
+    built-in sentences); each is run under every task index. ``int8_options``: how the int8 graph is
+    quantized (:class:`~rubricate.student.onnx_tools.Int8Options`). ``strict``: raise :class:`ParityError`
     (after writing the report) when a difference exceeds its tolerance.
     """
     from rubricate.student.checkpoint import load_model
@@ -330,18 +270,12 @@ def export_checkpoint(
     sizes = {FP32_NAME: fp32_path.stat().st_size / 2**20}
 
     d8: float | None = None
-    d8_first: float | None = None
     out_int8: Path | None = None
     excluded: list[str] = []
-    exclude: str | None = None
-    attempts = 0
+    options = int8_options or Int8Options()
     if int8:
-        def int8_difference(path: Path) -> float:
-            return max_prob_difference(ref_logits, onnx_logits(path)[0], tidx, cfg.n_labels)
-
-        out_int8, excluded, exclude, d8, d8_first, attempts = _int8_until_parity(
-            fp32_path, int8_path, int8_difference, int8_exclude, int8_fallback, tolerance_int8, per_channel,
-            reduce_range)
+        out_int8, excluded = quantize_int8(fp32_path, int8_path, options)
+        d8 = max_prob_difference(ref_logits, onnx_logits(out_int8)[0], tidx, cfg.n_labels)
         sizes[INT8_NAME] = out_int8.stat().st_size / 2**20
     elif int8_path.exists():
         int8_path.unlink()  # a stale int8 file from an older fp32 export would be picked up by the Scorer
@@ -350,8 +284,7 @@ def export_checkpoint(
         checkpoint=str(ckpt), onnx_path=str(fp32_path), int8_path=str(out_int8) if out_int8 else None,
         opset=opset, n_parity_inputs=int(len(tidx)), max_abs_dprob_fp32=d32,
         max_abs_dprob_int8=d8, tolerance_fp32=tolerance_fp32, tolerance_int8=tolerance_int8,
-        max_abs_dgate_fp32=dgate, int8_exclude=exclude, int8_excluded_nodes=len(excluded),
-        int8_fallback_used=attempts > 1, max_abs_dprob_int8_full=d8_first if attempts > 1 else None,
+        max_abs_dgate_fp32=dgate, int8_options=asdict(options) if int8 else None, int8_excluded_nodes=len(excluded),
         size_mb={k: round(v, 3) for k, v in sizes.items()},
         seconds=round(time.perf_counter() - t0, 2))
     (fp32_path.parent / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -91,15 +91,3 @@ def run_engine(engine: Any, input_ids: Sequence[Sequence[int]], task_index: Sequ
         return engine.run(ids, mask, tidx[rows])
 
     return run_batched([len(x) for x in input_ids], batch_size, forward, width)
-
-
-def quantize_torch_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of every ``nn.Linear`` for torch CPU inference (returns a new module, in eval mode)."""
-    import warnings
-
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
-        return quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8).eval()

@@ -8,9 +8,9 @@ A response is only as certain as its least certain part, so a reviewer queue can
 **Scores** are decoded by the checkpoint's fitted decoder (``config.json`` ``"decoder"``, see
 ``rubricate.student.decoding``): the same cut points for the torch and ONNX backends, ``predict`` and the server.
 
-Backends: ``"torch"`` runs the PyTorch model (``quantize=True`` applies dynamic int8 quantization to its
-Linear layers); ``"onnx"`` uses ``rubricate.student.export.OnnxEngine`` on ``onnx/model.onnx`` (or
-``onnx/model.int8.onnx`` when ``quantize=True``); ``"auto"`` picks ONNX when such a file exists.
+Backends: ``"torch"`` runs the PyTorch model (fp32 only); ``"onnx"`` uses
+``rubricate.student.export.OnnxEngine`` on ``onnx/model.onnx`` (or ``onnx/model.int8.onnx`` when
+``quantize=True``: int8 always means that file); ``"auto"`` picks ONNX when such a file exists.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from rubricate.student.inference import run_engine, run_model
 from rubricate.tasks import TaskRegistry
 
 Backend = Literal["auto", "torch", "onnx"]
+TORCH_INT8_GONE = ("int8 runs on the ONNX engine only (torch.ao.quantization is deprecated; torch 2.13 warns): run "
+                   "`rubricate export DIR --int8` and score with backend 'onnx' or 'auto'")
 
 
 @dataclass
@@ -108,9 +110,12 @@ class Scorer:
         onnx_file = d / "onnx" / ("model.int8.onnx" if quantize else "model.onnx")
         engine = None
         model = None
-        if backend == "onnx" or (backend == "auto" and onnx_file.exists()):
+        if quantize and backend == "torch":
+            raise ValueError(TORCH_INT8_GONE)
+        if backend == "onnx" or quantize or (backend == "auto" and onnx_file.exists()):
             if not onnx_file.exists():
-                raise FileNotFoundError(f"no ONNX export at {onnx_file} (run `rubricate export` first)")
+                raise FileNotFoundError(f"no ONNX export at {onnx_file} (run `rubricate export"
+                                        f"{' --int8' if quantize else ''}` first)")
             from rubricate.student.export import OnnxEngine
 
             engine = OnnxEngine(onnx_file, intra_op_threads=num_threads)
@@ -121,13 +126,10 @@ class Scorer:
             import torch
 
             from rubricate.student.checkpoint import load_model
-            from rubricate.student.inference import quantize_torch_int8
 
             if num_threads:
                 torch.set_num_threads(num_threads)
             model, tok, doc = load_model(d)
-            if quantize:
-                model = quantize_torch_int8(model)
         return cls(model, tok, registry, encodings, doc, engine, threshold, d)
 
     # ------------------------------------------------------------------------------------------------
