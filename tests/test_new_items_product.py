@@ -312,7 +312,7 @@ def test_prediction_sources_of_scorer_outputs() -> None:
 def test_server_with_a_task_text_student_badges_and_routes_the_new_item(tmp_path: Path) -> None:
     trainer = pytest.importorskip("rubricate.student.task_text_trainer")
     from rubricate.serve.reviews import NextOptions, next_to_score
-    from rubricate.student.scorer import Scorer
+    from rubricate.serve.app import load_scorer
     from tiny_models import make_tiny_encoder, tiny_records, tiny_tasks
 
     reg = tiny_tasks()
@@ -320,7 +320,11 @@ def test_server_with_a_task_text_student_badges_and_routes_the_new_item(tmp_path
                                      epochs=1, batch_size=16, max_length=48, seed=3)
     recs = tiny_records("tiny-ord", 20) + tiny_records("tiny-crit", 20)
     res = trainer.train_task_text(reg.subset(["tiny-ord", "tiny-crit"]), recs, args)
-    scorer = Scorer.from_pretrained(res.checkpoint_dir, tasks=reg)
+    tdir = tmp_path / "tasks"  # the server's --tasks: the new item's file beside the trained ones
+    tdir.mkdir()
+    for t in reg:
+        (tdir / f"{t.id}.yaml").write_text(yaml.safe_dump(t.model_dump(mode="json")), encoding="utf-8")
+    scorer = load_scorer(ServeSettings(model_dir=res.checkpoint_dir, tasks_dir=tdir))
     assert task_sources(scorer) == {"tiny-ord": "trained", "tiny-crit": "trained", "tiny-new": "zero_shot"}
     # thresholds at the extremes: no trained result needs review, every zero-shot one does
     settings = ServeSettings(database_url=f"sqlite:///{tmp_path}/s.db", review_confidence=0.0,

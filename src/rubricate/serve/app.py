@@ -36,8 +36,9 @@ def load_scorer(settings: ServeSettings) -> ScorerLike | None:
         return None
     from rubricate.student.scorer import Scorer
 
+    # tasks: a task-text student also scores the task files given to the server (new items: zero-shot)
     return Scorer.from_pretrained(settings.model_dir, backend=settings.backend, quantize=settings.quantize,
-                                  num_threads=settings.threads)
+                                  num_threads=settings.threads, tasks=settings.tasks_dir)
 
 
 def make_agent_runner(spec: str) -> AgentRunner:
