@@ -260,14 +260,18 @@ def _commit(out: Path, out_fmt: str, inp: Path, in_fmt: str, cols: o.Columns, st
         else:
             state["out_bytes"] = o.fsync_append(out, o.encode(records, cols, out_fmt))
     if bad:
-        where = "row" if in_fmt == "parquet" else "line"
-        lines = "".join(json.dumps({where: r.line, "response_id": r.response_id, "task_id": r.task_id, "field": f,
-                                    "error": msg, "file": str(inp)}, ensure_ascii=False) + "\n"
-                        for r, f, msg in bad)
-        state["err_bytes"] = o.fsync_append(err_path, lines.encode("utf-8"))
+        state["err_bytes"] = o.fsync_append(err_path, problem_lines(inp, in_fmt, bad))
 
 
-def _first_problems(err_path: Path, n: int) -> list[dict[str, Any]]:
+def problem_lines(inp: Path, in_fmt: str, bad: Sequence[tuple[InputRow, str, str]]) -> bytes:
+    """The problems file's JSONL lines for ``bad`` rows of ``inp`` (``row`` instead of ``line`` for Parquet)."""
+    where = "row" if in_fmt == "parquet" else "line"
+    return "".join(json.dumps({where: r.line, "response_id": r.response_id, "task_id": r.task_id, "field": f,
+                               "error": msg, "file": str(inp)}, ensure_ascii=False) + "\n"
+                   for r, f, msg in bad).encode("utf-8")
+
+
+def first_problems(err_path: Path, n: int) -> list[dict[str, Any]]:
     out = []
     with err_path.open(encoding="utf-8") as f:
         for _, line in zip(range(n), f):
@@ -304,7 +308,7 @@ def predict_file(scorer: Any, input_path: str | Path, output_path: str | Path,
         summary.resumed_from_rows = state["rows"]
         _run(scorer, table, inp, in_fmt, out, out_fmt, cols, meta, state, opt, summary)
     if not summary.problem_examples and state["problems"]:
-        summary.problem_examples = _first_problems(Path(summary.errors), 5)
+        summary.problem_examples = first_problems(Path(summary.errors), 5)
     return summary
 
 

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from rubricate.agents.backends import LlamaCppBackend, OpenAIBackend, make_backend
 from rubricate.agents.pipeline import PipelineConfig as P
+from rubricate.agents.ray_pool import RayAgentOptions
+from rubricate.agents.run import score_file
 from rubricate.agents.teacher import teacher_file_from_results
 from rubricate.cli import TASKS_DIR, default_of
 
 #: responses in flight for ``agents score`` (the library's default is 1; a server usually takes several)
 CLI_CONCURRENCY = 4
+_RAY = RayAgentOptions()  #: ``agents score --engine ray`` defaults
 
 agents_app = typer.Typer(help="Rubric-aligned multi-agent LLM scoring (AutoSCORE): score, check, distil.",
                          no_args_is_help=True)
@@ -32,7 +35,9 @@ def score(
     tasks_dir: Path = typer.Option(TASKS_DIR, "--tasks", help="Folder (or file) of task files."),
     backend: str = typer.Option(default_of(make_backend, "kind"), "--backend", "-b", help="local (in-process GGUF) | openai (any OpenAI-compatible server)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="local: smollm2 | gemma3 | path.gguf; openai: model name."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    base_url: Optional[List[str]] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. "
+                                                 "http://127.0.0.1:8000/v1; --engine ray: repeat it for several "
+                                                 "endpoints (actor i uses the i-th, round robin)."),
     api_key_env: str = typer.Option(default_of(make_backend, "api_key_env"), "--api-key-env", help="Environment variable holding the API key."),
     structured: str = typer.Option(default_of(OpenAIBackend, "structured"), "--structured", help="openai: json_schema | json_object_schema | json_object | guided_json | none."),
     mode: str = typer.Option(P.mode, "--mode", help="multi (extract -> score) | single (one-call baseline)."),
@@ -48,7 +53,15 @@ def score(
     rationale_chars: int = typer.Option(P.rationale_chars, "--rationale-chars", help="Cap of the scoring rationale; 0 = none."),
     evidence: str = typer.Option(P.evidence, "--evidence", help="free (the model writes quotes; grounding is checked) | "
                                                            "spans (quotes restricted to the response's sentences)."),
-    concurrency: int = typer.Option(CLI_CONCURRENCY, "--concurrency", "-j", help="Responses in flight (the local backend runs 1)."),
+    concurrency: int = typer.Option(CLI_CONCURRENCY, "--concurrency", "-j", help="Responses in flight (the local backend runs 1); "
+                                    "--engine ray: per actor."),
+    engine: str = typer.Option(default_of(score_file, "engine"), "--engine", help="local (threads in this process) | "
+                               "ray (Ray actors, each with its own backend; docs/scale-out.md)."),
+    address: Optional[str] = typer.Option(_RAY.address, "--address", help="--engine ray: the cluster (auto | "
+                                          "host:port | ray://host:10001); default $RAY_ADDRESS or a new local Ray."),
+    workers: int = typer.Option(_RAY.workers, "--workers", help="--engine ray: actors (one backend each)."),
+    threads_per_actor: int = typer.Option(_RAY.threads_per_actor, "--threads-per-actor", help="--engine ray, local "
+                                          "backend: llama.cpp threads per actor (Ray reserves as many CPUs)."),
     timeout: float = typer.Option(default_of(OpenAIBackend, "timeout_s"), "--timeout", help="openai: seconds per request (local calls are bounded "
                                   "by their token caps)."),
     max_retries: int = typer.Option(default_of(OpenAIBackend, "max_retries"), "--max-retries", help="openai: retries on 429/5xx/timeouts."),
@@ -63,18 +76,24 @@ def score(
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N responses."),
 ) -> None:
     """Score responses with the agents; every row keeps score, status, evidence, raw outputs, tokens, latency."""
-    from rubricate.agents.run import BackendOptions, score_file
+    from rubricate.agents.run import BackendOptions
 
+    urls = base_url or []
+    if len(urls) > 1 and engine != "ray":
+        raise typer.BadParameter("several --base-url need --engine ray")
     config = P(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
                feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
                temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
                rationale_chars=rationale_chars, evidence=evidence)  # type: ignore[arg-type]
-    options = BackendOptions(backend, model, base_url, api_key_env,
+    options = BackendOptions(backend, model, urls[0] if urls else None, api_key_env,
                              openai=dict(structured=structured, timeout_s=timeout, max_retries=max_retries),
                              local=dict(n_ctx=n_ctx, logprobs=logprobs))
     summary = score_file(input, output, tasks_dir, options, config, task=task, limit=limit, prices_file=prices_file,
                          price_in=price_in, price_out=price_out, cache_dir=cache_dir, use_cache=not no_cache,
-                         resume=not no_resume, concurrency=concurrency, warn=lambda m: typer.echo(m, err=True))
+                         resume=not no_resume, concurrency=concurrency, engine=engine,
+                         ray=RayAgentOptions(address=address, workers=workers, threads_per_actor=threads_per_actor,
+                                             in_flight_per_actor=concurrency, endpoints=urls),
+                         warn=lambda m: typer.echo(m, err=True))
     typer.echo(json.dumps(summary, indent=1))
 
 

@@ -12,10 +12,12 @@ from typing import Any, Optional
 import typer
 
 from rubricate.batch.predict import PredictOptions
+from rubricate.batch.ray_engine import ENGINES, RayPredictOptions
 from rubricate.serve.settings import ServeSettings
 from rubricate.student.onnx_tools import Int8Options
 
 _PREDICT = PredictOptions()  #: the predict verb's defaults are the library's, never retyped
+_RAY = RayPredictOptions()  #: ``predict --engine ray`` defaults
 _INT8 = Int8Options()  #: ``export --int8`` defaults
 SERVE_DEFAULTS = ServeSettings()  #: option defaults are read from the library's settings model, never retyped
 db_app = typer.Typer(help="Server database: migrations.", no_args_is_help=True)
@@ -87,10 +89,15 @@ def export(
 
 def predict(
     model: Path = typer.Option(..., "--model", help="Student checkpoint directory."),
-    input: Path = typer.Option(..., "--input", help="CSV, TSV, JSONL or Parquet with task_id, text, response_id."),
-    output: Path = typer.Option(..., "--output", help="CSV, TSV, JSONL or Parquet (format from the extension)."),
-    backend: str = typer.Option(_scorer_default("backend"), help="auto (ONNX when exported) | torch | onnx."),
-    int8: bool = typer.Option(_scorer_default("quantize"), "--int8", help="Use the int8 model (ONNX int8 file, or torch dynamic int8)."),
+    input: Path = typer.Option(..., "--input", help="CSV, TSV, JSONL or Parquet with task_id, text, response_id "
+                               "(--engine ray: also a folder or a quoted glob of them)."),
+    output: Path = typer.Option(..., "--output", help="CSV, TSV, JSONL or Parquet (format from the extension); "
+                                "--engine ray: a folder of part files."),
+    backend: Optional[str] = typer.Option(None, help=f"auto (ONNX when exported) | torch | onnx (default: "
+                                          f"{_scorer_default('backend')}; --engine ray: {_RAY.backend})."),
+    int8: Optional[bool] = typer.Option(None, "--int8/--fp32", help="Use the int8 model (ONNX int8 file, or torch "
+                                        f"dynamic int8); default: {'int8' if _scorer_default('quantize') else 'fp32'}"
+                                        f", --engine ray: {'int8' if _RAY.quantize else 'fp32'}."),
     chunk_size: int = typer.Option(_PREDICT.chunk_size, help="Rows read, scored and committed together."),
     batch_size: int = typer.Option(_PREDICT.batch_size, help="Rows per forward pass."),
     review_confidence: float = typer.Option(_PREDICT.review_confidence, help="needs_review = confidence below this."),
@@ -103,6 +110,13 @@ def predict(
     overwrite: bool = typer.Option(_PREDICT.overwrite, help="Start again instead of resuming a partial output."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model (default: all cores)."),
     progress: bool = typer.Option(_PREDICT.progress, "--progress/--no-progress"),
+    engine: str = typer.Option(ENGINES[0], help="local (this process) | ray (Ray Data + an actor pool; "
+                               "docs/scale-out.md)."),
+    address: Optional[str] = typer.Option(_RAY.address, help="--engine ray: the cluster (auto | host:port | "
+                                          "ray://host:10001); default $RAY_ADDRESS or a new local Ray."),
+    workers: int = typer.Option(_RAY.workers, help="--engine ray: scoring actors (one Scorer each)."),
+    threads_per_actor: int = typer.Option(_RAY.threads_per_actor, help="--engine ray: model threads per actor "
+                                          "(Ray reserves as many CPUs for it)."),
 ) -> None:
     """Batch-score a file: streamed, resumable, problem rows reported with their line numbers."""
     from rich.console import Console
@@ -111,16 +125,33 @@ def predict(
     from rubricate.student.scorer import Scorer
 
     console = Console(stderr=True)
-    scorer = Scorer.from_pretrained(model, backend=backend, quantize=int8, num_threads=threads)  # type: ignore[arg-type]
     opts = PredictOptions(chunk_size=chunk_size, batch_size=batch_size, review_confidence=review_confidence,
                           task_column=task_column, text_column=text_column, id_column=id_column, task=task,
                           input_format=input_format, output_format=output_format, overwrite=overwrite,
                           progress=progress)
-    s = predict_file(scorer, input, output, opts)
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray":
+        from rubricate.batch.ray_engine import predict_on_ray
+
+        ray_opt = RayPredictOptions(address=address, workers=workers, threads_per_actor=threads_per_actor,
+                                    backend=backend or _RAY.backend, quantize=_RAY.quantize if int8 is None else int8)
+        s = predict_on_ray(model, input, output, opts, ray_opt)
+        label = f"ray, {workers} actor(s), backend {ray_opt.backend}{' int8' if ray_opt.quantize else ''}"
+        if s.skipped_blocks:
+            console.print(f"resumed: {s.skipped_blocks} of {s.blocks} blocks were already committed")
+        for a in s.actors:
+            console.print(f"  actor pid {a['pid']} on {a['node']}: {a['rows']} rows, start-up {a['startup_s']:.1f} s, "
+                          f"peak RSS {a['rss_mb']:.0f} MB")
+    else:
+        int8 = _scorer_default("quantize") if int8 is None else int8
+        scorer = Scorer.from_pretrained(model, backend=backend or _scorer_default("backend"),  # type: ignore[arg-type]
+                                        quantize=int8, num_threads=threads)
+        s = predict_file(scorer, input, output, opts)
+        label = f"backend {scorer.backend}{' int8' if int8 else ''}"
     if s.resumed_from_rows:
         console.print(f"resumed after {s.resumed_from_rows} input rows")
-    console.print(f"backend {scorer.backend}{' int8' if int8 else ''}: scored {s.scored} responses -> {output} "
-                  f"({s.responses_per_s:.1f} responses/s this run)")
+    console.print(f"{label}: scored {s.scored} responses -> {output} ({s.responses_per_s:.1f} responses/s this run)")
     if s.problems:
         console.print(f"[yellow]{s.problems} row(s) with problems were not scored; see {s.errors}[/yellow]")
         for p in s.problem_examples:
