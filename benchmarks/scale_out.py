@@ -84,7 +84,8 @@ def run_ray(model: Path, inp: Path, out: Path, workers: int, chunk: int) -> dict
 
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"# Scale-out: local vs Ray ({res['rows']} ASAP-SAS responses, ONNX int8)", "",
-             f"Machine: {res['machine']}; {res['cpus']} cores; load average before the runs {res['load_before']}.", "",
+             f"Machine: {res['machine']}; {res['cpus']} cores; load average (1/5/15 min) before the runs "
+             f"{' / '.join(f'{x:.2f}' for x in res['load_before'])}.", "",
              "| engine | threads / actors | rows/s | wall s | actor start-up s | actor peak RSS MB |",
              "|---|---|---|---|---|---|"]
     for r in res["runs"]:
