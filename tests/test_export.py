@@ -31,6 +31,8 @@ def test_export_writes_graphs_and_a_passing_parity_report(exported: Path) -> Non
     assert rep["max_abs_dprob_int8"] <= 0.03
     # every text under both task indices was checked
     assert rep["n_parity_inputs"] >= 2 * 6
+    # the transformer optimizer ran and the parity above is that of the fused graph
+    assert rep["fused_operators"].get("SkipLayerNormalization", 0) > 0
 
 
 def test_engine_matches_torch_on_mixed_tasks_and_new_shapes(exported: Path) -> None:

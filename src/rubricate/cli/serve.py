@@ -53,6 +53,8 @@ def export(
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write an ONNX graph (the only export format)."),
     int8: bool = typer.Option(_export_default("int8"), "--int8", help="Also write a block-wise int8 graph."),
     opset: int = typer.Option(_export_default("opset"), help="ONNX opset."),
+    optimize: bool = typer.Option(_export_default("optimize"), "--optimize/--no-optimize",
+                                  help="Run ONNX Runtime's transformer optimizer (LayerNorm/GELU fusions) first."),
     weight_block: int = typer.Option(_INT8.weight_block, help="int8: weights per scale along a MatMul column."),
     embedding_bits: Optional[int] = typer.Option(_INT8.embedding_bits, help="int8: bits of the word-embedding "
                                                  "table (8, or 4: smaller, less exact); 0 keeps it fp32."),
@@ -72,7 +74,7 @@ def export(
     try:
         options = Int8Options(weight_block=weight_block, embedding_bits=embedding_bits or None, exclude=int8_exclude)
         rep = export_checkpoint(model, int8=int8, opset=opset, tolerance_fp32=tol_fp32, tolerance_int8=tol_int8,
-                                int8_options=options)
+                                int8_options=options, optimize=optimize)
     except ParityError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)

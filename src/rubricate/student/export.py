@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rubricate.student.inference import run_engine, run_model
-from rubricate.student.onnx_tools import Int8Options, SessionOptions, quantize_int8
+from rubricate.student.onnx_tools import Int8Options, SessionOptions, optimize_graph, quantize_int8
 
 ONNX_DIR = "onnx"
 FP32_NAME = "model.onnx"
@@ -74,6 +74,7 @@ class ExportReport:
     max_abs_dgate_fp32: float
     int8_options: dict[str, Any] | None = None  #: the :class:`Int8Options` used
     int8_excluded_nodes: int = 0  #: MatMul/Gemm nodes kept fp32 (``Int8Options.exclude``)
+    fused_operators: dict[str, int] = field(default_factory=dict)  #: the transformer optimizer's fusions
     size_mb: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -238,13 +239,16 @@ def export_checkpoint(
     tolerance_fp32: float = DEFAULT_FP32_TOLERANCE,
     tolerance_int8: float = DEFAULT_INT8_TOLERANCE,
     int8_options: Int8Options | None = None,
+    optimize: bool = True,
     strict: bool = True,
 ) -> ExportReport:
     """Export a student checkpoint to ``<dir>/onnx/`` (+ int8), check parity against torch, report.
 
     ``parity_texts``: inputs for the parity check (default: texts stored in the checkpoint plus
     built-in sentences); each is run under every task index. ``int8_options``: how the int8 graph is
-    quantized (:class:`~rubricate.student.onnx_tools.Int8Options`). ``strict``: raise :class:`ParityError`
+    quantized (:class:`~rubricate.student.onnx_tools.Int8Options`). ``optimize``: run ONNX Runtime's
+    transformer optimizer on the fp32 graph first (:func:`~rubricate.student.onnx_tools.optimize_graph`;
+    both graphs are checked after it). ``strict``: raise :class:`ParityError`
     (after writing the report) when a difference exceeds its tolerance.
     """
     from rubricate.student.checkpoint import load_model
@@ -255,6 +259,11 @@ def export_checkpoint(
     cfg = model.config
     fp32_path, int8_path = onnx_paths(ckpt)
     export_model(model, fp32_path, opset=opset)
+    fused: dict[str, int] = {}
+    if optimize:
+        enc = cfg.encoder_config or {}
+        fused = optimize_graph(fp32_path, fp32_path, int(enc.get("num_attention_heads", 0)),
+                               int(enc.get("hidden_size", cfg.hidden_size)))
 
     texts = list(parity_texts) if parity_texts else (_texts_from_doc(doc) + _FALLBACK_TEXTS)
     ids, tidx = parity_inputs(tokenizer, texts, len(cfg.task_ids), cfg.max_length)
@@ -285,6 +294,7 @@ def export_checkpoint(
         opset=opset, n_parity_inputs=int(len(tidx)), max_abs_dprob_fp32=d32,
         max_abs_dprob_int8=d8, tolerance_fp32=tolerance_fp32, tolerance_int8=tolerance_int8,
         max_abs_dgate_fp32=dgate, int8_options=asdict(options) if int8 else None, int8_excluded_nodes=len(excluded),
+        fused_operators=fused,
         size_mb={k: round(v, 3) for k, v in sizes.items()},
         seconds=round(time.perf_counter() - t0, 2))
     (fp32_path.parent / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
