@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from rubricate.data.records import Record
 from rubricate.serve import db
+from rubricate.serve.batcher import Batcher
 from rubricate.serve.reviews import review_threshold, route_by_source
 from rubricate.serve.settings import ServeSettings
 from rubricate.serve.validation import Conflict, Item, NotFound, Problem, ValidationFailed, validate_items
@@ -123,6 +124,10 @@ class ScoringService:
         self.tasks = tasks
         self._model_pk: int | None = None
         self._score_lock = threading.Lock()  # one predict() at a time: the model already uses every core
+        # concurrent /v1/score requests share one forward pass (serve/batcher.py); 0 ms: each runs alone
+        self._batcher: Batcher[Any, Any] | None = (
+            Batcher(self._score_gathered, settings.max_wait_ms, settings.max_batch) if settings.max_wait_ms > 0
+            else None)
 
     # -- what the server offers -----------------------------------------------------------------------
     def task_list(self) -> list[dict[str, Any]]:
@@ -232,17 +237,30 @@ class ScoringService:
         todo = [i for i, k in enumerate(keys) if k not in existing or existing[k].id not in stored]
         if not todo:
             return existing, stored, {}
-        from rubricate.batch import InputRow, score_rows  # the one scoring function (predict uses it too)
+        from rubricate.batch import InputRow
 
         rows = [InputRow(line=i + 1, task_id=items[i].task_id, text=items[i].text, response_id=keys[i][1])
                 for i in todo]
-        with self._score_lock:
-            out, bad = score_rows(self.scorer, rows, batch_size=self.settings.score_batch_size,
-                                  review_confidence=self.settings.review_confidence)
+        scored = self._batcher.submit(rows) if self._batcher is not None else self._score_gathered(rows)
+        out = [r for r in scored if isinstance(r, dict)]
+        bad = [r for r in scored if not isinstance(r, dict)]
         route_by_source(out, self.settings, self.scorer)  # zero-shot items: the stricter review threshold
         if bad:  # validate() applies the same rules first; a difference is a bug, never a silent skip
             raise ValidationFailed([Problem(("body", field, r.line - 1, f), m, "invalid") for r, f, m in bad])
         return existing, stored, dict(zip(todo, out))
+
+    def _score_gathered(self, rows: list[Any]) -> list[Any]:
+        """One forward over ``rows`` (one request's, or several gathered by the batcher): per row its result
+        dict, or ``(row, field, message)`` when the row is a problem."""
+        from rubricate.batch import score_rows  # the one scoring function (predict uses it too)
+
+        assert self.scorer is not None
+        with self._score_lock:
+            out, bad = score_rows(self.scorer, rows, batch_size=self.settings.score_batch_size,
+                                  review_confidence=self.settings.review_confidence)
+        problems = {id(b[0]): b for b in bad}
+        results = iter(out)
+        return [problems[id(r)] if id(r) in problems else next(results) for r in rows]
 
     def _new_prediction(self, s: Session, resp: db.Response, p: Any) -> db.Prediction:
         conf = float(_pred_field(p, "confidence"))
