@@ -24,9 +24,12 @@ def register(app: typer.Typer) -> None:
         agents_model: str = typer.Option(_D.agents_model,
                                          help="Local GGUF for the agents step: smollm2, gemma3 or a path."),
         n_boot: int = typer.Option(_D.n_boot, help="Bootstrap resamples for the report's confidence intervals."),
+        evidence: str = typer.Option(_D.agents_evidence, "--evidence",
+                                     help="Agents step: spans (quotes are numbered spans of the response) | free "
+                                          "(the model writes its quotes; grounding is checked)."),
     ) -> None:
         """Run the whole pipeline on the demo set: tasks -> split -> teacher -> student -> report -> add-task -> agents."""
         from rubricate.demo import run_demo
 
         run_demo(DemoConfig(out_dir=out, epochs=epochs, seed=seed, agents=agents, agents_model=agents_model,
-                            n_boot=n_boot))
+                            n_boot=n_boot, agents_evidence=evidence))
