@@ -174,6 +174,8 @@ def serve(
     review_confidence: Optional[float] = typer.Option(None, help="Review queue threshold on confidence (default "
                                                                  f"{SERVE_DEFAULTS.review_confidence})."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    max_wait_ms: Optional[float] = typer.Option(None, help="Dynamic batching window for /v1/score in ms (default "
+                                                f"{SERVE_DEFAULTS.max_wait_ms}; 0 = off)."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Run the API server and web page (OpenAPI docs at /docs). Tokens: RUBRICATE_API_TOKENS or config.
@@ -188,7 +190,8 @@ def serve(
 
     settings = load_settings(config, model_dir=model, tasks_dir=tasks, database_url=db, host=host, port=port,
                              backend=backend, quantize=int8, agents_backend=agents_backend,
-                             review_confidence=review_confidence, threads=threads)
+                             review_confidence=review_confidence, threads=threads,
+                             max_wait_ms=max_wait_ms)
     settings.check_binding()
     scorer = load_scorer(settings)  # threads go to ONNX Runtime or torch; the ONNX path never imports torch
     app = create_app(settings, scorer=scorer)
