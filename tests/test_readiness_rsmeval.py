@@ -215,4 +215,4 @@ def test_read_predictions_reads_parquet_through_the_shared_table_reader(tmp_path
     pq.write_table(pa.table({"task_id": ["t1", "t2"], "response_id": ["a", "b"], "score": [2, None]}), path)
     rows = read_predictions(path, _registry(tmp_path))
     assert [(p.key, p.scores) for p in rows] == [(("t1", "a"), {"score": 2}), (("t2", "b"), {})]
-    assert rows[0].source == f"{path}:1"  # Parquet rows are numbered from 1
+    assert rows[0].origin == f"{path}:1"  # Parquet rows are numbered from 1

@@ -129,7 +129,7 @@ def match_inputs(
         raise InputError(
             f"{len(extra)} predictions have no gold record, e.g. {extra[:5]} "
             f"(use missing='drop' / --allow-missing to leave them out)",
-            file=pred_by_key[extra[0]].source or None,
+            file=pred_by_key[extra[0]].origin or None,
         )
     col = settings.group_column
     if col is not None and not any(col in r.metadata for r in gold):
@@ -209,7 +209,7 @@ def _label_matrices(
                 f"task '{task_id}': response '{matched[i][0].response_id}' has a gold "
                 f"'{enc.specs[j].source}' but the prediction has none",
                 column="scores",
-                file=matched[i][1].source or None,
+                file=matched[i][1].origin or None,
             )
         y_true[lack] = np.nan
         notes["missing_label_predictions"] = (

@@ -35,7 +35,7 @@ class Predicted:
     response_id: str
     scores: dict[str, int] = field(default_factory=dict)
     probs: dict[str, float] | None = None
-    source: str = ""  # where the row came from (file:line), for error messages
+    origin: str = ""  # where the row came from (file:line), for error messages (not the score source)
 
     @property
     def key(self) -> Key:
@@ -64,7 +64,7 @@ def as_predicted(obj: Any) -> Predicted:
         response_id=str(get("response_id")),
         scores={k: int(v) for k, v in scores.items() if v is not None},
         probs=dict(probs) if probs else None,
-        source=str(get("source", "") or ""),
+        origin=str(get("origin", "") or ""),
     )
 
 
@@ -97,13 +97,13 @@ def index_predictions(predictions: Iterable[Any], tasks: TaskRegistry, who: str 
         if p.key in by_key:
             raise InputError(
                 f"{_prefix(who)}duplicate prediction for task '{p.task_id}', response '{p.response_id}'",
-                file=p.source or None,
+                file=p.origin or None,
                 column="response_id",
             )
         if p.task_id not in tasks:
             raise InputError(
                 f"{_prefix(who)}prediction for unknown task '{p.task_id}' (known: {tasks.ids[:20]})",
-                file=p.source or None,
+                file=p.origin or None,
                 column="task_id",
             )
         by_key[p.key] = p
@@ -143,7 +143,7 @@ def check_predicted_scores(task: Task, predictions: Iterable[Predicted], who: st
         if problems:
             raise InputError(
                 f"{_prefix(who)}prediction for response '{p.response_id}': {'; '.join(problems)}",
-                file=p.source or None,
+                file=p.origin or None,
                 column="scores",
             )
 
