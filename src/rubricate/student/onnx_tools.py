@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -71,6 +72,18 @@ class SessionOptions:
         return opts
 
 
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """ONNX Runtime's optimizer and quantizer log every node they visit (at INFO/WARNING, from per-module
+    loggers); keep errors only for the call, then restore whatever logging was disabled before."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
 def optimize_graph(src: str | Path, dst: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:
     """ONNX Runtime's transformer optimizer (``model_type="bert"``) on an exported student, written to ``dst``.
 
@@ -83,14 +96,9 @@ def optimize_graph(src: str | Path, dst: str | Path, num_heads: int, hidden_size
     from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
-    quiet = logging.getLogger("onnxruntime.transformers")  # progress at INFO/WARNING for every fusion tried
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
+    with _quiet_logs():
         model = optimizer.optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                                          optimization_options=FusionOptions("bert"), opt_level=0)
-    finally:
-        quiet.setLevel(level)
     model.save_model_to_file(str(dst))
     return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
@@ -108,13 +116,8 @@ def _block_quantize(model: Any, op_type: str, bits: int, block: int, accuracy_le
                                                 accuracy_level=accuracy_level, op_types_to_quantize=(op_type,),
                                                 quant_axes=(("MatMul", 0), ("Gather", 1)))
     q = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
-    quiet = logging.getLogger("onnxruntime.quantization")
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)  # it logs every node at INFO
-    try:
+    with _quiet_logs():
         q.process()
-    finally:
-        quiet.setLevel(level)
     return q.model.model
 
 
