@@ -179,7 +179,10 @@ def bench_predict(model: Path, inp: Path, work: Path, threads: int | None) -> di
         wall = time.perf_counter() - t0
         if res.returncode != 0:
             raise RuntimeError(f"{name}: {res.stderr[-2000:]}")
-        m = re.search(r"scored (\d+) responses .*\(([\d.]+) responses/s", res.stderr.replace("\n", " "))
+        said = (res.stdout + res.stderr).replace("\n", " ")  # the summary line goes to the console (stdout)
+        m = re.search(r"scored\s+(\d+)\s+responses.*?\(([\d.]+)\s+responses/s", said)  # rich wraps lines
+        if m is None:
+            raise RuntimeError(f"{name}: no summary line in the output: {said[-500:]}")
         out[name] = {"responses": int(m.group(1)), "responses_per_s": float(m.group(2)), "wall_s": round(wall, 2)}
         print(f"  predict {name}: {out[name]}", flush=True)
     return out
