@@ -51,8 +51,9 @@ def score(
     logprobs: bool = typer.Option(P.logprobs, "--logprobs", help="Keep token log-probabilities of the score (teacher bridge)."),
     max_attempts: int = typer.Option(P.max_attempts, "--max-attempts", help="Parse/validate attempts per agent call."),
     rationale_chars: int = typer.Option(P.rationale_chars, "--rationale-chars", help="Cap of the scoring rationale; 0 = none."),
-    evidence: str = typer.Option(P.evidence, "--evidence", help="free (the model writes quotes; grounding is checked) | "
-                                                           "spans (quotes restricted to the response's sentences)."),
+    evidence: Optional[str] = typer.Option(None, "--evidence", help="free (the model writes quotes; grounding is checked) | "
+                                           "spans (quotes restricted to the response's sentences). Default: "
+                                           f"{P.local_evidence} for --backend local, {P.evidence} otherwise."),
     concurrency: int = typer.Option(CLI_CONCURRENCY, "--concurrency", "-j", help="Responses in flight (the local backend runs 1); "
                                     "--engine ray: per actor."),
     engine: str = typer.Option(default_of(score_file, "engine"), "--engine", help="local (threads in this process) | "
@@ -84,7 +85,8 @@ def score(
     config = P(mode=mode, scoring=scoring, verify=verify, feedback=feedback,  # type: ignore[arg-type]
                feedback_words=feedback_words, samples=samples, sample_temperature=sample_temperature,
                temperature=temperature, logprobs=logprobs, max_attempts=max_attempts,
-               rationale_chars=rationale_chars, evidence=evidence)  # type: ignore[arg-type]
+               rationale_chars=rationale_chars,  # type: ignore[arg-type]
+               evidence=evidence or (P.local_evidence if backend == "local" else P.evidence))
     options = BackendOptions(backend, model, urls[0] if urls else None, api_key_env,
                              openai=dict(structured=structured, timeout_s=timeout, max_retries=max_retries),
                              local=dict(n_ctx=n_ctx, logprobs=logprobs))
