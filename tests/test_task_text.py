@@ -218,3 +218,25 @@ def test_cli_train_task_text_and_few_shot(setup, tmp_path) -> None:
     doc = json.loads((ck / "config.json").read_text())
     assert doc["task_sources"] == {"tiny-ord": "trained", "tiny-new": "few_shot"}
     assert doc["few_shot"]["tiny-new"]["n_examples"] == 10
+
+
+def test_predict_scores_a_new_task_file_zero_shot(setup, tmp_path) -> None:
+    """`rubricate predict --tasks DIR` with a task-text checkpoint scores an item it never saw, and says so."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from rubricate.cli import app
+    from rubricate.data.new_items import write_task_files
+
+    tasks_dir = tmp_path / "tasks"
+    write_task_files(list(setup["reg"]), tasks_dir)
+    inp = tmp_path / "in.csv"
+    inp.write_text("response_id,task_id,text\na,tiny-new,the plant is black\nb,tiny-ord,acid rain and the cell\n")
+    out = tmp_path / "out.csv"
+    r = CliRunner().invoke(app, ["predict", "--model", str(setup["res"].checkpoint_dir), "--input", str(inp),
+                                 "--output", str(out), "--tasks", str(tasks_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rows = {row["response_id"]: row for row in csv.DictReader(out.open())}
+    assert rows["a"]["source"] == "zero_shot" and rows["b"]["source"] == "trained"
+    assert rows["a"]["score.score"] != ""

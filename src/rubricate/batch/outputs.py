@@ -40,7 +40,7 @@ class Columns:
         self.label_names = list(names)
         self.header = (["response_id", "task_id", "line"] + [f"score.{k}" for k in self.score_keys]
                        + [f"prob.{n}" for n in self.label_names]
-                       + ["confidence", "needs_review", "gate_weights", "model_id", "model_version"])
+                       + ["confidence", "needs_review", "gate_weights", "model_id", "model_version", "source"])
 
     def flat(self, rec: dict[str, Any]) -> dict[str, Any]:
         out = {"response_id": rec["response_id"], "task_id": rec["task_id"], "line": rec["line"]}
@@ -48,7 +48,7 @@ class Columns:
         out.update({f"prob.{n}": rec["probs"].get(n) for n in self.label_names})
         out.update({"confidence": rec["confidence"], "needs_review": rec["needs_review"],
                     "gate_weights": json.dumps(rec["gate_weights"]), "model_id": rec["model_id"],
-                    "model_version": rec["model_version"]})
+                    "model_version": rec["model_version"], "source": rec.get("source", "trained")})
         return out
 
     def arrow_schema(self) -> Any:
@@ -59,7 +59,7 @@ class Columns:
         fields += [pa.field(f"prob.{n}", pa.float64()) for n in self.label_names]
         fields += [pa.field("confidence", pa.float64()), pa.field("needs_review", pa.bool_()),
                    pa.field("gate_weights", pa.string()), pa.field("model_id", pa.string()),
-                   pa.field("model_version", pa.string())]
+                   pa.field("model_version", pa.string()), pa.field("source", pa.string())]
         return pa.schema(fields)
 
 

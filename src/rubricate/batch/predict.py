@@ -176,7 +176,7 @@ def score_rows(scorer: Any, rows: Sequence[InputRow], *, batch_size: int = Predi
                text_field: str = "text") -> tuple[list[dict[str, Any]], list[tuple[InputRow, str, str]]]:
     """Validate and score ``rows``: (one result per good row, in input order; ``(row, field, message)`` per
     problem row). A result holds response_id, task_id, line, scores, probs, score_distribution, confidence,
-    needs_review, gate_weights, model_id and model_version."""
+    needs_review, gate_weights, model_id, model_version and source (trained / few_shot / zero_shot)."""
     known = set(scorer.tasks.ids)
     good: list[InputRow] = []
     bad: list[tuple[InputRow, str, str]] = []
@@ -198,7 +198,8 @@ def score_rows(scorer: Any, rows: Sequence[InputRow], *, batch_size: int = Predi
                         "score_distribution": dict(p.score_distribution), "confidence": conf,
                         "needs_review": conf < review_confidence, "gate_weights": p.gate_weights,
                         "model_id": str(p.model_id or scorer.model_id),
-                        "model_version": str(p.model_version or scorer.model_version)})
+                        "model_version": str(p.model_version or scorer.model_version),
+                        "source": str(getattr(p, "source", "trained"))})
     return records, bad
 
 

@@ -70,6 +70,7 @@ class RayPredictOptions:
     backend: str = "onnx"  #: Scorer backend in the actors: ONNX is torch-free (less memory per actor)
     quantize: bool = True  #: the int8 graph (``rubricate export --int8``)
     output_format: str = "parquet"  #: part files: parquet | csv | tsv | jsonl
+    tasks: str | None = None  #: task files a task-text checkpoint also scores (``Scorer.from_pretrained(tasks=)``)
 
 
 @dataclass
@@ -276,7 +277,8 @@ class BlockScorer:
 
         t0 = time.perf_counter()
         self.scorer = Scorer.from_pretrained(model_dir, backend=ray_opt.backend,  # type: ignore[arg-type]
-                                             quantize=ray_opt.quantize, num_threads=ray_opt.threads_per_actor)
+                                             quantize=ray_opt.quantize, num_threads=ray_opt.threads_per_actor,
+                                             tasks=ray_opt.tasks)
         self.cols = o.Columns(self.scorer)
         self.out, self.fmt, self.opt = Path(out_dir), part_fmt, opt
         self.startup_s = time.perf_counter() - t0

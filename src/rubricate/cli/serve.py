@@ -112,6 +112,8 @@ def predict(
     overwrite: bool = typer.Option(_PREDICT.overwrite, help="Start again instead of resuming a partial output."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model (default: all cores)."),
     progress: bool = typer.Option(_PREDICT.progress, "--progress/--no-progress"),
+    tasks: Optional[Path] = typer.Option(None, "--tasks", help="Task files (folder or file) a task-text checkpoint "
+                                         "also scores, zero-shot or few-shot (a UniMoE checkpoint ignores it)."),
     engine: str = typer.Option(ENGINES[0], help="local (this process) | ray (Ray Data + an actor pool; "
                                "docs/scale-out.md)."),
     address: Optional[str] = typer.Option(_RAY.address, help="--engine ray: the cluster (auto | host:port | "
@@ -137,7 +139,8 @@ def predict(
         from rubricate.batch.ray_engine import predict_on_ray
 
         ray_opt = RayPredictOptions(address=address, workers=workers, threads_per_actor=threads_per_actor,
-                                    backend=backend or _RAY.backend, quantize=_RAY.quantize if int8 is None else int8)
+                                    backend=backend or _RAY.backend, quantize=_RAY.quantize if int8 is None else int8,
+                                    tasks=str(tasks) if tasks else None)
         s = predict_on_ray(model, input, output, opts, ray_opt)
         label = f"ray, {workers} actor(s), backend {ray_opt.backend}{' int8' if ray_opt.quantize else ''}"
         if s.skipped_blocks:
@@ -148,7 +151,7 @@ def predict(
     else:
         int8 = _scorer_default("quantize") if int8 is None else int8
         scorer = Scorer.from_pretrained(model, backend=backend or _scorer_default("backend"),  # type: ignore[arg-type]
-                                        quantize=int8, num_threads=threads)
+                                        quantize=int8, num_threads=threads, tasks=tasks)
         s = predict_file(scorer, input, output, opts)
         label = f"backend {scorer.backend}{' int8' if int8 else ''}"
     if s.resumed_from_rows:
