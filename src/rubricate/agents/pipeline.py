@@ -426,6 +426,28 @@ class AgentPipeline:
 
 
 # --- many responses ----------------------------------------------------------------------------------
+def unique_keys(records: Sequence[Record]) -> list[tuple[str, str]]:
+    """The records' (task_id, response_id) keys; a repeated key is an input error (it would be scored twice)."""
+    keys = [r.key for r in records]
+    dupes = [k for k, n in Counter(keys).items() if n > 1]
+    if dupes:
+        raise InputError(f"{len(dupes)} duplicate (task_id, response_id) keys in the input, e.g. {dupes[:3]}")
+    return keys
+
+
+def open_results(output: str | Path | None, resume: bool, backend_name: str, model: str | None,
+                 cfg: PipelineConfig) -> tuple[ResultsFile | None, dict[tuple[str, str], AgentResult]]:
+    """The results file (checked against this run's backend, model, mode and scoring) and, when resuming,
+    the results already stored ``ok`` in it, by key: what a rerun must not score again."""
+    expect = {"backend": backend_name, "model": model, "mode": cfg.mode, "scoring": cfg.scoring}
+    out = ResultsFile(output, resume=resume, expect=expect) if output is not None else None
+    previous: dict[tuple[str, str], AgentResult] = {}
+    if out is not None and out.done:
+        latest = read_latest(out.path)
+        previous = {k: AgentResult.model_validate(latest[k]) for k in out.done}
+    return out, previous
+
+
 def score_responses(
     tasks: Task | TaskRegistry,
     records: Iterable[Record],
@@ -448,19 +470,10 @@ def score_responses(
     """
     records = list(records)
     registry = tasks if isinstance(tasks, TaskRegistry) else TaskRegistry([tasks])
-    keys = [r.key for r in records]
-    dupes = [k for k, n in Counter(keys).items() if n > 1]
-    if dupes:
-        raise InputError(f"{len(dupes)} duplicate (task_id, response_id) keys in the input, e.g. {dupes[:3]}")
+    keys = unique_keys(records)
     pipelines = {tid: AgentPipeline(registry.get(tid), backend, config, cache)
                  for tid in dict.fromkeys(r.task_id for r in records)}
-    cfg = config or PipelineConfig()
-    expect = {"backend": backend.name, "model": backend.model, "mode": cfg.mode, "scoring": cfg.scoring}
-    out = ResultsFile(output, resume=resume, expect=expect) if output is not None else None
-    previous: dict[tuple[str, str], AgentResult] = {}
-    if out is not None and out.done:
-        latest = read_latest(out.path)
-        previous = {k: AgentResult.model_validate(latest[k]) for k in out.done}
+    out, previous = open_results(output, resume, backend.name, backend.model, config or PipelineConfig())
     todo = [r for r in records if r.key not in previous]
     results: dict[tuple[str, str], AgentResult] = dict(previous)
     lock = threading.Lock()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,19 +124,11 @@ class AgentPool:
         """Score ``records`` on the actors; results in input order (resume and accounting: module docs)."""
         import ray
 
-        from rubricate.agents.cache import ResultsFile, read_latest
+        from rubricate.agents.pipeline import open_results, unique_keys
 
-        keys = [r.key for r in records]
-        dupes = [k for k, n in Counter(keys).items() if n > 1]
-        if dupes:
-            raise InputError(f"{len(dupes)} duplicate (task_id, response_id) keys in the input, e.g. {dupes[:3]}")
+        keys = unique_keys(records)
         ray.get([a.configure.remote(config) for a in self.actors])
-        expect = {"backend": self.name, "model": self.model, "mode": config.mode, "scoring": config.scoring}
-        out = ResultsFile(output, resume=resume, expect=expect) if output is not None else None
-        results: dict[tuple[str, str], AgentResult] = {}
-        if out is not None and out.done:
-            latest = read_latest(out.path)
-            results = {k: AgentResult.model_validate(latest[k]) for k in out.done}
+        out, results = open_results(output, resume, self.name, self.model, config)
         todo = deque(r for r in records if r.key not in results)
         bar = None
         if progress:

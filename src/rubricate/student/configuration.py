@@ -16,6 +16,22 @@ Placement = Literal["token", "pooled"]
 ExpertInit = Literal["random", "zero"]
 
 
+class DictRoundTrip:
+    """``to_dict`` / ``from_dict`` for a config dataclass stored in config.json: an unknown key is an error
+    (a checkpoint from another version fails loudly instead of loading half its settings)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}")
+        return cls(**d)
+
+
 @dataclass
 class ModelOptions:
     """Architecture hyperparameters shared by recipes (``TrainingArguments``) and checkpoints (``StudentConfig``)."""
@@ -39,7 +55,7 @@ class ModelOptions:
 
 
 @dataclass
-class StudentConfig(ModelOptions):
+class StudentConfig(ModelOptions, DictRoundTrip):
     """Everything needed to rebuild the model; saved as JSON inside the checkpoint.
 
     ``task_ids``/``n_labels`` fix the head order: ``task_index`` i means ``task_ids[i]``.
@@ -76,13 +92,3 @@ class StudentConfig(ModelOptions):
     def max_labels(self) -> int:
         return max(self.n_labels)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown StudentConfig keys {unknown}")
-        return cls(**d)

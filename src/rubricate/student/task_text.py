@@ -16,12 +16,13 @@ parameters outside this module (``task_text_trainer.FewShotHead``), so the share
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from rubricate.student.configuration import DictRoundTrip
 from rubricate.student.modeling import masked_mean, resolve_encoder
 from rubricate.student.task_text_data import TaskTextOptions
 
@@ -29,22 +30,11 @@ ARCHITECTURE = "task_text"
 
 
 @dataclass
-class TaskTextConfig(TaskTextOptions):
+class TaskTextConfig(TaskTextOptions, DictRoundTrip):
     """Everything needed to rebuild the model offline (saved in the checkpoint's ``config.json`` ``"model"``)."""
 
     hidden_size: int = 0  # filled in from the encoder
     encoder_config: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TaskTextConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TaskTextConfig keys {unknown}")
-        return cls(**d)
 
 
 @dataclass
