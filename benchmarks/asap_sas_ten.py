@@ -130,14 +130,16 @@ class Bench:
         cfg = dict(RUNS[name])
         rid = self.run_id(name)
         teacher = cfg.pop("teacher", None)
+        # the teacher is its own step (its cost reported apart from the student's), run before the student
+        teacher_path = self.teacher_students()["path"] if teacher == "students" else None
 
         def run() -> dict[str, Any]:
             from rubricate.student.trainer import TrainingArguments, train
 
             kw = {**BASE_ARGS, **cfg, "output_dir": str(self.out / "runs" / rid), "seed": self.seed,
                   "num_threads": self.threads, "max_steps": self.max_steps}
-            if teacher:
-                kw["teacher_file"] = str(self.teacher_students()["path"])
+            if teacher_path:
+                kw["teacher_file"] = str(teacher_path)
             res = train(TrainingArguments(**kw), registry=self.registry, train_records=self.parts["train"],
                         val_records=self.parts["validation"])
             self.write_probs(rid, Path(res.checkpoint_dir))
@@ -154,14 +156,32 @@ class Bench:
 
             path = self.out / "teacher_students.jsonl"
             args = TrainingArguments(**{**BASE_ARGS, "method": "mtl", "epochs": 2.0, "second_rater": "soft",
-                                        "seed": self.seed, "num_threads": self.threads,
+                                        "seed": self.seed, "num_threads": self.threads, "max_steps": self.max_steps,
                                         "output_dir": str(self.out / "runs" / "teacher-folds")})
-            cross_fit_students(args, self.registry, self.parts["train"], path, folds=3,
+            cross_fit_students(args, self.registry, self.parts["train"], path, folds=folds,
                                val_records=self.parts["validation"],
                                predict_records=self.parts["validation"] + self.parts["test"] + self.autoscore)
-            return {"path": str(path)}
+            return {"path": str(path), "settings": {"method": f"mtl, {folds}-fold teacher", "second_rater": "soft"}}
 
+        folds = 3
         return self.step("teacher-students", run)
+
+    def eval_teacher(self, n_boot: int) -> dict[str, Any]:
+        """The teacher's own score: its fold ensemble on validation / test / the AutoSCORE subset."""
+        def run() -> dict[str, Any]:
+            from rubricate.data.teacher_file import read_teacher_file
+
+            part_of = {r.key: part for part in ("validation", "test") for r in self.parts[part]}
+            part_of.update({r.key: "autoscore" for r in self.autoscore})
+            probs = self.out / "probs" / "teacher-students.jsonl"
+            with probs.open("w") as f:
+                for key, row in read_teacher_file(self.teacher_students()["path"]).items():
+                    if key in part_of and row.extra.get("fold") == "ensemble":
+                        f.write(json.dumps({"part": part_of[key], "task_id": key[0], "response_id": key[1],
+                                            "probs": row.probs}) + "\n")
+            return evaluate_probs(self, probs, n_boot)
+
+        return self.step("eval-teacher-students", run)
 
     def write_probs(self, name: str, ckpt: Path) -> None:
         from rubricate.student.scorer import Scorer
@@ -264,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown run {name!r}; known: {sorted(RUNS)}")
             b.train_run(name)
             b.eval_run(name, a.n_boot)
+            if RUNS[name].get("teacher") == "students":
+                b.eval_teacher(a.n_boot)
     try:
         from asap_sas_ten_md import write_markdown  # sibling module: the tables
     except ImportError as e:
