@@ -33,6 +33,20 @@ def test_export_writes_graphs_and_a_passing_parity_report(exported: Path) -> Non
     assert rep["n_parity_inputs"] >= 2 * 6
     # the transformer optimizer ran and the parity above is that of the fused graph
     assert rep["fused_operators"].get("SkipLayerNormalization", 0) > 0
+    # the eager-attention export lets it fuse each layer's attention (q/k/v stay MatMuls, quantized below)
+    assert rep["fused_operators"].get("MultiHeadAttention", 0) == 2  # the tiny encoder's two layers
+    assert "Attention" not in rep["fused_operators"] and "EmbedLayerNormalization" not in rep["fused_operators"]
+
+
+def test_export_restores_the_encoders_attention_setting(exported: Path) -> None:
+    from rubricate.student.checkpoint import load_model
+    from rubricate.student.export import eager_attention
+
+    model, _, _ = load_model(exported)
+    before = model.encoder.config._attn_implementation
+    with eager_attention(model):
+        assert model.encoder.config._attn_implementation == "eager"
+    assert model.encoder.config._attn_implementation == before
 
 
 def test_engine_matches_torch_on_mixed_tasks_and_new_shapes(exported: Path) -> None:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -117,6 +118,26 @@ class _PaddedForward:
         return Wrapper(model)
 
 
+@contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """Trace the encoder with its eager attention, then restore the original setting.
+
+    The eager graph (matmul, scale, mask add, softmax, matmul) is the pattern ONNX Runtime's optimizer fuses
+    into ``MultiHeadAttention``; the SDPA graph is not matched (see ``onnx_tools.optimize_graph``). Both
+    compute the same function: the parity check compares the graph with the torch model as it runs.
+    """
+    cfg = getattr(getattr(model, "encoder", None), "config", None)
+    before = getattr(cfg, "_attn_implementation", None)
+    if cfg is None or before is None:
+        yield
+        return
+    cfg._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = before
+
+
 def export_model(model: Any, out_path: str | Path, *, opset: int = 17, example_batch: int = 2,
                  example_len: int = 16) -> Path:
     """Export ``model.forward_padded`` to ONNX with dynamic batch and sequence axes.
@@ -139,7 +160,7 @@ def export_model(model: Any, out_path: str | Path, *, opset: int = 17, example_b
            "task_index": {0: "batch"}, "logits": {0: "batch"}, "gate_weights": {0: "batch"}}
     import warnings
 
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), eager_attention(model):
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(wrapper, (ids, mask, tidx), str(out_path), input_names=INPUT_NAMES,
                           output_names=OUTPUT_NAMES, dynamic_axes=dyn, opset_version=opset, dynamo=False,
