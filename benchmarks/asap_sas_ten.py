@@ -49,6 +49,9 @@ AUTOSCORE_GPT4O = {"asap-sas-2": 0.717, "asap-sas-5": 0.743, "asap-sas-9": 0.629
 BASE_ARGS: dict[str, Any] = dict(encoder="minilm", epochs=3.0, batch_size=32, lr_encoder=1e-4, lr_new=1e-3,
                                  warmup_ratio=0.06, evals_per_epoch=2, early_stopping_patience=2, lambda_lb=0.01,
                                  n_experts=4, n_moe_layers=2, moe_placement="token", max_length=192)
+#: the cross-fitted teacher of ``guided-students``: MTL students, each trained on (folds-1)/folds of train
+TEACHER_FOLDS = 3
+TEACHER_ARGS: dict[str, Any] = {"method": "mtl", "epochs": 2.0, "second_rater": "soft"}
 RUNS: dict[str, dict[str, Any]] = {
     "unimoe": {"method": "unimoe", "second_rater": "ignore"},
     "unimoe-soft": {"method": "unimoe", "second_rater": "soft"},
@@ -149,21 +152,21 @@ class Bench:
         return self.step(f"train-{rid}", run)
 
     def teacher_students(self) -> dict[str, Any]:
-        """Cross-fitted (3-fold) MTL students as the teacher file; the fold ensemble scores val/test/subset."""
+        """Cross-fitted MTL students (``TEACHER_FOLDS``) as the teacher file; their ensemble scores val/test/subset."""
         def run() -> dict[str, Any]:
             from rubricate.student.teachers import cross_fit_students
             from rubricate.student.trainer import TrainingArguments
 
             path = self.out / "teacher_students.jsonl"
-            args = TrainingArguments(**{**BASE_ARGS, "method": "mtl", "epochs": 2.0, "second_rater": "soft",
-                                        "seed": self.seed, "num_threads": self.threads, "max_steps": self.max_steps,
+            args = TrainingArguments(**{**BASE_ARGS, **TEACHER_ARGS, "seed": self.seed,
+                                        "num_threads": self.threads, "max_steps": self.max_steps,
                                         "output_dir": str(self.out / "runs" / "teacher-folds")})
-            cross_fit_students(args, self.registry, self.parts["train"], path, folds=folds,
+            cross_fit_students(args, self.registry, self.parts["train"], path, folds=TEACHER_FOLDS,
                                val_records=self.parts["validation"],
                                predict_records=self.parts["validation"] + self.parts["test"] + self.autoscore)
-            return {"path": str(path), "settings": {"method": f"mtl, {folds}-fold teacher", "second_rater": "soft"}}
+            method = f"{TEACHER_ARGS['method']}, {TEACHER_FOLDS}-fold teacher"
+            return {"path": str(path), "settings": {**TEACHER_ARGS, "method": method}}
 
-        folds = 3
         return self.step("teacher-students", run)
 
     def eval_teacher(self, n_boot: int) -> dict[str, Any]:

@@ -126,16 +126,17 @@ def eager_attention(model: Any) -> Iterator[None]:
     into ``MultiHeadAttention``; the SDPA graph is not matched (see ``onnx_tools.optimize_graph``). Both
     compute the same function: the parity check compares the graph with the torch model as it runs.
     """
-    cfg = getattr(getattr(model, "encoder", None), "config", None)
-    before = getattr(cfg, "_attn_implementation", None)
-    if cfg is None or before is None:
-        yield
-        return
-    cfg._attn_implementation = "eager"
+    # every config an attention module reads: the encoder's, and the copies held by task layers (add-task --mode branch)
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None
+               and getattr(c, "_attn_implementation", None) is not None}
+    before = {k: c._attn_implementation for k, c in configs.items()}
+    for c in configs.values():
+        c._attn_implementation = "eager"
     try:
         yield
     finally:
-        cfg._attn_implementation = before
+        for k, c in configs.items():
+            c._attn_implementation = before[k]
 
 
 def export_model(model: Any, out_path: str | Path, *, opset: int = 17, example_batch: int = 2,
