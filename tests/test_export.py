@@ -178,6 +178,85 @@ def test_cli_export(exported: Path, tmp_path: Path) -> None:
     assert (ck / "onnx" / "model.int8.onnx").exists()
 
 
+def _run_graph(model_or_path, ids: np.ndarray) -> np.ndarray:
+    import onnx
+    import onnxruntime as ort
+
+    blob = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "task_index": np.zeros(len(ids), np.int64)}
+    return sess.run(["logits"], feed)[0]
+
+
+def test_hot_cold_table_split_is_exact_and_looks_up_every_row(exported: Path) -> None:
+    """Before any quantization the two-table lookup returns exactly the original rows, hot and cold alike."""
+    import onnx
+
+    from rubricate.student.onnx_tools import split_table_by_frequency
+
+    model = onnx.load(str(exported / "onnx" / "model.onnx"))
+    hot, cold = split_table_by_frequency(model, np.array([0, 1, 2, 5, 9, 40]))
+    assert len(hot) == len(cold) == 1
+    ids = np.array([[0, 5, 7, 9, 120], [1, 2, 3, 40, 41]], dtype=np.int64)  # hot and cold ids mixed in a row
+    np.testing.assert_array_equal(_run_graph(model, ids), _run_graph(exported / "onnx" / "model.onnx", ids))
+    with pytest.raises(ValueError, match="must lie in"):
+        split_table_by_frequency(onnx.load(str(exported / "onnx" / "model.onnx")), np.array([10**6]))
+
+
+def test_hot_rows_keep_frequent_tokens_8bit_and_store_rare_ones_4bit(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import onnx
+
+    from rubricate.student.checkpoint import load_model
+    from rubricate.student.export import export_checkpoint, frequent_token_ids
+    from rubricate.student.onnx_tools import Int8Options
+
+    _, tok, _ = load_model(exported)
+    texts = ["gas a and d have the same density"] * 5 + ["the main idea is water"]
+    order = frequent_token_ids(tok, texts, 64)
+    assert sorted(order.tolist()) == list(range(len(tok)))  # every row, once
+    assert set(order[: len(tok.all_special_ids)].tolist()) == set(tok.all_special_ids)
+    gas = tok.convert_tokens_to_ids("gas")
+    water = tok.convert_tokens_to_ids("water")
+    assert order.tolist().index(gas) < order.tolist().index(water)  # five times as frequent
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck)
+    with pytest.raises(ValueError, match="frequency"):
+        export_checkpoint(ck, int8=True, int8_options=Int8Options(embedding_hot_rows=20))
+    rep = export_checkpoint(ck, int8=True, frequency_texts=texts, int8_options=Int8Options(embedding_hot_rows=20))
+    assert rep.passed and rep.int8_options["embedding_hot_rows"] == 20
+    nodes = {n.name: n for n in onnx.load(rep.int8_path).graph.node}
+    cold = [n for name, n in nodes.items() if name.endswith("_split/cold_Q4")]
+    assert len(cold) == 1 and cold[0].op_type == "GatherBlockQuantized"
+    assert any(n.op_type == "Where" and name.endswith("_split/pick") for name, n in nodes.items())
+
+
+def test_cli_hot_rows_needs_frequency_data(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rubricate.cli import app
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck)
+    res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20"])
+    assert res.exit_code != 0 and "--frequency-data" in res.output
+    data = tmp_path / "texts.csv"
+    data.write_text("response_id,text\n1,gas a and d have the same density\n2,the main idea is water\n")
+    res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20", "--frequency-data", str(data)])
+    assert res.exit_code == 0, res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("response_id,answer\n1,gas\n")
+    res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20", "--frequency-data", str(bad)])
+    from rubricate.errors import InputError
+
+    assert isinstance(res.exception, InputError)  # the CLI's entry point prints it and exits 2
+    assert "bad.csv" in str(res.exception) and "'text'" in str(res.exception)
+
+
 @pytest.mark.slow
 def test_real_minilm_student_meets_both_tolerances(tmp_path: Path) -> None:
     """The packaged MiniLM encoder (22M parameters) with MoE and three heads: fp32 and int8 parity."""

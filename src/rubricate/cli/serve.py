@@ -48,6 +48,18 @@ def _db_url(url: str | None) -> str:
     return url or os.environ.get("RUBRICATE_DATABASE_URL") or SERVE_DEFAULTS.database_url
 
 
+def _texts_of(path: Path) -> list[str]:
+    """The ``text`` column of a table (an InputError names the file when it has none)."""
+    from rubricate.data.tables import read_rows, require_columns
+
+    texts: list[str] = []
+    for line, row in read_rows(path):
+        if not texts:
+            require_columns(path, list(row), ["text"], line=line)
+        texts.append(str(row.get("text") or ""))
+    return texts
+
+
 def export(
     model: Path = typer.Argument(..., help="Student checkpoint directory."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write an ONNX graph (the only export format)."),
@@ -62,6 +74,10 @@ def export(
     tol_int8: float = typer.Option(_export_default("tolerance_int8"), help="Parity tolerance: max |dprob| vs torch for int8."),
     int8_exclude: Optional[str] = typer.Option(_INT8.exclude, "--int8-exclude", help="int8: regex of MatMul/Gemm "
                                                "node names kept in fp32."),
+    hot_rows: Optional[int] = typer.Option(_INT8.embedding_hot_rows, "--hot-rows", help="int8: keep the N word-"
+                                           "embedding rows most frequent in --frequency-data 8-bit, the rest 4-bit."),
+    frequency_data: Optional[Path] = typer.Option(None, "--frequency-data", help="CSV, TSV, JSONL or Parquet with "
+                                                  "a text column (e.g. the training data) to count tokens on."),
 ) -> None:
     """Export the whole student (encoder, MoE, heads; task id as an input) next to the checkpoint."""
     from rich.console import Console
@@ -72,9 +88,13 @@ def export(
         raise typer.BadParameter("nothing to do: --onnx is the only export format")
     console = Console()
     try:
-        options = Int8Options(weight_block=weight_block, embedding_bits=embedding_bits or None, exclude=int8_exclude)
+        options = Int8Options(weight_block=weight_block, embedding_bits=embedding_bits or None, exclude=int8_exclude,
+                              embedding_hot_rows=hot_rows or None)
+        if options.embedding_hot_rows and frequency_data is None:
+            raise typer.BadParameter("--hot-rows needs --frequency-data (the texts whose tokens are counted)")
+        texts = _texts_of(frequency_data) if frequency_data is not None else None
         rep = export_checkpoint(model, int8=int8, opset=opset, tolerance_fp32=tol_fp32, tolerance_int8=tol_int8,
-                                int8_options=options, optimize=optimize)
+                                int8_options=options, optimize=optimize, frequency_texts=texts)
     except ParityError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1)

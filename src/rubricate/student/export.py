@@ -252,12 +252,25 @@ def _texts_from_doc(doc: dict[str, Any]) -> list[str]:
     return [s for s in out if s.strip()][:12]
 
 
+def frequent_token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """Every vocabulary id, most frequent in ``texts`` first (special tokens first of all; ties by id), for
+    ``Int8Options.embedding_hot_rows``: which word-embedding rows stay 8-bit."""
+    vocab = len(tokenizer)
+    counts = np.zeros(vocab, dtype=np.int64)
+    for i in range(0, len(texts), 1024):
+        enc = tokenizer(list(texts[i:i + 1024]), truncation=True, max_length=max_length)["input_ids"]
+        counts += np.bincount(np.concatenate([np.asarray(x, np.int64) for x in enc]), minlength=vocab)[:vocab]
+    counts[list(tokenizer.all_special_ids)] = np.iinfo(np.int64).max
+    return np.argsort(-counts, kind="stable")
+
+
 def export_checkpoint(
     checkpoint_dir: str | Path,
     *,
     int8: bool = False,
     opset: int = 17,
     parity_texts: Sequence[str] | None = None,
+    frequency_texts: Sequence[str] | None = None,
     tolerance_fp32: float = DEFAULT_FP32_TOLERANCE,
     tolerance_int8: float = DEFAULT_INT8_TOLERANCE,
     int8_options: Int8Options | None = None,
@@ -267,7 +280,9 @@ def export_checkpoint(
     """Export a student checkpoint to ``<dir>/onnx/`` (+ int8), check parity against torch, report.
 
     ``parity_texts``: inputs for the parity check (default: texts stored in the checkpoint plus
-    built-in sentences); each is run under every task index. ``int8_options``: how the int8 graph is
+    built-in sentences); each is run under every task index. ``frequency_texts``: responses like those to be
+    scored (the training data), whose token counts choose the 8-bit rows of ``Int8Options.embedding_hot_rows``.
+    ``int8_options``: how the int8 graph is
     quantized (:class:`~rubricate.student.onnx_tools.Int8Options`). ``optimize``: run ONNX Runtime's
     transformer optimizer on the fp32 graph first (:func:`~rubricate.student.onnx_tools.optimize_graph`;
     both graphs are checked after it). ``strict``: raise :class:`ParityError`
@@ -305,7 +320,8 @@ def export_checkpoint(
     excluded: list[str] = []
     options = int8_options or Int8Options()
     if int8:
-        out_int8, excluded = quantize_int8(fp32_path, int8_path, options)
+        hot = frequent_token_ids(tokenizer, frequency_texts, cfg.max_length) if frequency_texts else None
+        out_int8, excluded = quantize_int8(fp32_path, int8_path, options, hot_ids=hot)
         d8 = max_prob_difference(ref_logits, onnx_logits(out_int8)[0], tidx, cfg.n_labels)
         sizes[INT8_NAME] = out_int8.stat().st_size / 2**20
     elif int8_path.exists():

@@ -16,6 +16,9 @@ block of 32 as well, so an outlier only coarsens its own block): max |dprob| 0.0
 The word-embedding table (45% of the weights) is stored 8-bit per block of ``embedding_block`` values of a
 row (``GatherBlockQuantized``): with it the file is 27.8 MB, max |dprob| 0.038, QWK -0.0015. 4-bit tables
 (``embedding_bits=4``, ONNX Runtime's own Gather quantizer, blocks of 16) reach 24.3 MB at 0.071 / -0.0020.
+**Hot rows** (``embedding_hot_rows``, :func:`split_table_by_frequency`): the 8192 rows most frequent in the
+training texts stay 8-bit, the other 22k 4-bit (blocks of 32): 24.4 MiB, max |dprob| 0.020 on the ten-item
+student's 1,675 test rows, QWK -0.0002 against fp32 (``docs/serving.md``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 
@@ -38,6 +41,12 @@ class Int8Options:
     accuracy_level: int = 4  #: MatMulNBits compute: 4 = int8 activations per block (fast), 1 = fp32 (exact-er)
     embedding_bits: int | None = 8  #: bits of the word-embedding table (8 or 4); None keeps it fp32
     embedding_block: int = 128  #: values per scale in a row of the table (8 bits; 4 bits uses 16)
+    #: 8-bit tables only: keep this many of the table's most frequent rows (token counts over texts given to the
+    #: export) 8-bit and store the other, rare rows 4-bit; None: every row 8-bit
+    embedding_hot_rows: int | None = None
+    #: values per scale of the rare rows' 4-bit table: the fp32 scales are a third of a 4-bit row at 16, a fifth
+    #: at 32 (a rare row is seen by few responses, so its coarser blocks cost little)
+    embedding_cold_block: int = 32
     exclude: str | None = None  #: regex of MatMul/Gemm node names kept fp32
 
 
@@ -129,17 +138,28 @@ def _block_quantize(model: Any, op_type: str, bits: int, block: int, accuracy_le
     return q.model.model
 
 
-def quantize_int8(src: str | Path, dst: str | Path, options: Int8Options | None = None) -> tuple[Path, list[str]]:
-    """Write the int8 graph of ``src`` (see the module docstring); returns its path and the nodes kept fp32."""
+def quantize_int8(src: str | Path, dst: str | Path, options: Int8Options | None = None,
+                  hot_ids: np.ndarray | None = None) -> tuple[Path, list[str]]:
+    """Write the int8 graph of ``src`` (see the module docstring); returns its path and the nodes kept fp32.
+
+    ``hot_ids``: word-embedding rows, most frequent first (needed by ``options.embedding_hot_rows``)."""
     import onnx
 
     o = options or Int8Options()
+    if o.embedding_hot_rows and (o.embedding_bits != 8 or hot_ids is None):
+        raise ValueError("embedding_hot_rows needs embedding_bits=8 and token frequencies (hot_ids): give the "
+                         "export texts to count tokens on (rubricate export --frequency-data FILE)")
     model = onnx.load(str(src))
     gemm_to_matmul(model)
     excluded = [n.name for n in model.graph.node if n.op_type == "MatMul" and o.exclude
                 and re.search(o.exclude, n.name)]
     model = _block_quantize(model, "MatMul", 8, o.weight_block, o.accuracy_level, excluded)
-    if o.embedding_bits == 8:
+    if o.embedding_bits == 8 and o.embedding_hot_rows:
+        hot, cold = split_table_by_frequency(model, np.asarray(hot_ids)[: o.embedding_hot_rows])
+        others = [n.name for n in model.graph.node if n.op_type == "Gather" and n.name not in cold]
+        model = _block_quantize(model, "Gather", 4, o.embedding_cold_block, None, others)
+        quantize_tables_int8(model, o.embedding_block, names=hot)
+    elif o.embedding_bits == 8:
         quantize_tables_int8(model, o.embedding_block)
     elif o.embedding_bits == 4:
         inits = {i.name: i for i in model.graph.initializer}
@@ -179,18 +199,20 @@ def gemm_to_matmul(model: Any) -> int:
     return count
 
 
-def quantize_tables_int8(model: Any, block: int = 128, min_rows: int = EMBEDDING_MIN_ROWS) -> int:
+def quantize_tables_int8(model: Any, block: int = 128, min_rows: int = EMBEDDING_MIN_ROWS,
+                         names: Collection[str] | None = None) -> int:
     """8-bit block quantization of each Gather over a 2-D initializer table with at least ``min_rows`` rows (the
-    word embeddings): ``GatherBlockQuantized`` with one scale per ``block`` values of a row, asymmetric uint8.
-    (ONNX Runtime's quantizer only writes 4-bit tables; 4 bits moved probabilities by 0.07 on ASAP-SAS.)
-    In place; returns the number of tables."""
+    word embeddings), or of the Gather nodes ``names``: ``GatherBlockQuantized`` with one scale per ``block``
+    values of a row, asymmetric uint8. (ONNX Runtime's quantizer only writes 4-bit tables; 4 bits moved
+    probabilities by 0.07 on ASAP-SAS.) In place; returns the number of tables."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     count = 0
     for n in model.graph.node:
         t = inits.get(n.input[0]) if n.op_type == "Gather" else None
-        if t is None or len(t.dims) != 2 or t.dims[0] < min_rows or t.dims[1] % block:
+        small = t is not None and (t.dims[0] < min_rows if names is None else n.name not in names)
+        if t is None or len(t.dims) != 2 or small or t.dims[1] % block:
             continue
         w = numpy_helper.to_array(t).astype(np.float32)
         blocks = w.reshape(w.shape[0], -1, block)
@@ -212,3 +234,67 @@ def quantize_tables_int8(model: Any, block: int = 128, min_rows: int = EMBEDDING
     if count and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return count
+
+
+def split_table_by_frequency(model: Any, hot_ids: np.ndarray,
+                             ids_input: str = "input_ids") -> tuple[list[str], list[str]]:
+    """Split the word-embedding table (a Gather over an initializer, indexed by the graph input ``ids_input``)
+    into a *hot* table of the rows ``hot_ids`` and a *cold* table of the others, so they can get different
+    bits (``Int8Options.embedding_hot_rows``).
+
+    Why: a 4-bit table moved probabilities by 0.07-0.08 on ASAP-SAS, because every token of every response
+    goes through it; a response's tokens are mostly a few thousand frequent ones, so keeping those 8-bit
+    bounds the error while the ~20k rare rows (the bulk of the table) shrink by half. In the graph, one int32
+    code per vocabulary row (``j`` for hot row ``j``, ``-1 - j`` for cold row ``j``) picks the row of either
+    table, and ``Where`` keeps the right one; both lookups are cheap next to the encoder. In place; returns
+    the names of the new hot and cold Gather nodes."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    hot_names: list[str] = []
+    cold_names: list[str] = []
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    for n in nodes:
+        t = inits.get(n.input[0]) if n.op_type == "Gather" else None
+        axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 0)
+        if t is None or n.input[1] != ids_input or len(t.dims) != 2 or axis != 0 or uses[t.name] != 1:
+            model.graph.node.append(n)
+            continue
+        w = numpy_helper.to_array(t)
+        hot = np.unique(np.asarray(hot_ids, dtype=np.int64))
+        if hot.size == 0 or hot.min() < 0 or hot.max() >= w.shape[0]:
+            raise ValueError(f"hot rows of table {t.name} must lie in [0, {w.shape[0]}), got "
+                             f"[{hot.min() if hot.size else '-'}, {hot.max() if hot.size else '-'}]")
+        is_hot = np.zeros(w.shape[0], dtype=bool)
+        is_hot[hot] = True
+        cold = np.flatnonzero(~is_hot)
+        code = np.empty(w.shape[0], dtype=np.int32)
+        code[hot] = np.arange(hot.size, dtype=np.int32)
+        code[cold] = -1 - np.arange(cold.size, dtype=np.int32)
+        b = t.name
+        model.graph.initializer.remove(t)
+        model.graph.initializer.extend([
+            numpy_helper.from_array(code, f"{b}_code"), numpy_helper.from_array(w[hot], f"{b}_hot"),
+            numpy_helper.from_array(w[cold] if cold.size else w[:1], f"{b}_cold"),
+            numpy_helper.from_array(np.array(0, np.int32), f"{b}_zero"),
+            numpy_helper.from_array(np.array(-1, np.int32), f"{b}_minus_one"),
+            numpy_helper.from_array(np.array([-1], np.int64), f"{b}_last_axis")])
+        p, out = f"{n.name}_split", n.output[0]
+        model.graph.node.extend([
+            helper.make_node("Gather", [f"{b}_code", n.input[1]], [f"{p}_code"], name=f"{p}/code"),
+            helper.make_node("Max", [f"{p}_code", f"{b}_zero"], [f"{p}_hot_index"], name=f"{p}/hot_index"),
+            helper.make_node("Sub", [f"{b}_minus_one", f"{p}_code"], [f"{p}_cold_raw"], name=f"{p}/cold_raw"),
+            helper.make_node("Max", [f"{p}_cold_raw", f"{b}_zero"], [f"{p}_cold_index"], name=f"{p}/cold_index"),
+            helper.make_node("Gather", [f"{b}_hot", f"{p}_hot_index"], [f"{p}_hot_rows"], name=f"{p}/hot"),
+            helper.make_node("Gather", [f"{b}_cold", f"{p}_cold_index"], [f"{p}_cold_rows"], name=f"{p}/cold"),
+            helper.make_node("GreaterOrEqual", [f"{p}_code", f"{b}_zero"], [f"{p}_is_hot"], name=f"{p}/is_hot"),
+            helper.make_node("Unsqueeze", [f"{p}_is_hot", f"{b}_last_axis"], [f"{p}_is_hot_3d"], name=f"{p}/expand"),
+            helper.make_node("Where", [f"{p}_is_hot_3d", f"{p}_hot_rows", f"{p}_cold_rows"], [out], name=f"{p}/pick")])
+        hot_names.append(f"{p}/hot")
+        cold_names.append(f"{p}/cold")
+    return hot_names, cold_names
