@@ -50,6 +50,8 @@ TARGETS = {"onnx_int8_rps": 300.0, "p50_ms_c1": 10.0, "rps_c32": 150.0, "p99_ms_
            "int8_mb": 25.0, "server_rss_mb": 180.0, "predict_rss_mb": 300.0, "startup_s": 1.5, "rss_ratio": 0.2}
 TRAINED = REPO / "runs" / "bench_ten" / "runs" / "unimoe-soft"
 SPLIT = REPO / "runs" / "bench_ten" / "split.json"
+#: ``Int8Options.embedding_hot_rows`` settings measured in the per-step table (token counts from the train rows)
+HOT_ROWS = (4096, 8192)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -100,12 +102,16 @@ def _responses(n: int, seed: int = 0) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------------------
 # export steps: what each optimisation pays
 # --------------------------------------------------------------------------------------------------------
-def _test_rows() -> list[Any]:
+def _split_rows(part: str) -> list[Any]:
     from rubricate.data.loaders import load_asap_sas
 
     which = {(a["task_id"], a["response_id"]): a["split"] for a in json.loads(SPLIT.read_text())["assignments"]}
     return [r for r in load_asap_sas(SHARED / "asap-sas" / "train.tsv")
-            if which.get((r.task_id, r.response_id)) == "test"]
+            if which.get((r.task_id, r.response_id)) == part]
+
+
+def _test_rows() -> list[Any]:
+    return _split_rows("test")
 
 
 def _step_row(scorer: Any, rows: list[Any], ref: Any) -> tuple[dict[str, Any], Any]:
@@ -140,12 +146,17 @@ def bench_steps(model: Path, work: Path, threads: int | None, n_rows: int | None
     steps = [("fp32, as exported", False, None), ("+ transformer optimizer", True, None),
              ("+ block int8, 8-bit table (default)", True, Int8Options()),
              ("+ block int8, 4-bit table", True, Int8Options(embedding_bits=4))]
+    steps += [(f"+ block int8, {n} frequent rows 8-bit, rest 4-bit", True, Int8Options(embedding_hot_rows=n))
+              for n in HOT_ROWS]
+    train_texts = [r.text for r in _split_rows("train")]  # token counts: the training rows, never the test rows
     out, ref = [], None
     for name, optimize, int8 in steps:
         d = work / "steps" / re.sub(r"\W+", "-", name).strip("-")
         if not (d / "config.json").exists():
             shutil.copytree(model, d, ignore=shutil.ignore_patterns("onnx"))
-        rep = export_checkpoint(d, int8=int8 is not None, optimize=optimize, int8_options=int8, strict=False)
+        freq = train_texts if int8 is not None and int8.embedding_hot_rows else None
+        rep = export_checkpoint(d, int8=int8 is not None, optimize=optimize, int8_options=int8, strict=False,
+                                frequency_texts=freq)
         scorer = Scorer.from_pretrained(d, backend="onnx", quantize=int8 is not None, num_threads=threads)
         row, probs = _step_row(scorer, rows, ref)
         ref = probs if ref is None else ref
