@@ -320,7 +320,8 @@ def export_checkpoint(
     excluded: list[str] = []
     options = int8_options or Int8Options()
     if int8:
-        hot = frequent_token_ids(tokenizer, frequency_texts, cfg.max_length) if frequency_texts else None
+        count = bool(frequency_texts) and bool(options.embedding_hot_rows)  # tokenize only when it is used
+        hot = frequent_token_ids(tokenizer, frequency_texts, cfg.max_length) if count else None
         out_int8, excluded = quantize_int8(fp32_path, int8_path, options, hot_ids=hot)
         d8 = max_prob_difference(ref_logits, onnx_logits(out_int8)[0], tidx, cfg.n_labels)
         sizes[INT8_NAME] = out_int8.stat().st_size / 2**20

@@ -255,6 +255,7 @@ def split_table_by_frequency(model: Any, hot_ids: np.ndarray,
     for n in model.graph.node:
         for x in n.input:
             uses[x] = uses.get(x, 0) + 1
+    hot = np.unique(np.asarray(hot_ids, dtype=np.int64))
     hot_names: list[str] = []
     cold_names: list[str] = []
     nodes = list(model.graph.node)
@@ -266,7 +267,6 @@ def split_table_by_frequency(model: Any, hot_ids: np.ndarray,
             model.graph.node.append(n)
             continue
         w = numpy_helper.to_array(t)
-        hot = np.unique(np.asarray(hot_ids, dtype=np.int64))
         if hot.size == 0 or hot.min() < 0 or hot.max() >= w.shape[0]:
             raise ValueError(f"hot rows of table {t.name} must lie in [0, {w.shape[0]}), got "
                              f"[{hot.min() if hot.size else '-'}, {hot.max() if hot.size else '-'}]")
