@@ -223,31 +223,88 @@ def test_hot_rows_keep_frequent_tokens_8bit_and_store_rare_ones_4bit(exported: P
 
     ck = tmp_path / "ck"
     shutil.copytree(exported, ck)
-    with pytest.raises(ValueError, match="frequency"):
-        export_checkpoint(ck, int8=True, int8_options=Int8Options(embedding_hot_rows=20))
     rep = export_checkpoint(ck, int8=True, frequency_texts=texts, int8_options=Int8Options(embedding_hot_rows=20))
-    assert rep.passed and rep.int8_options["embedding_hot_rows"] == 20
+    assert rep.passed and rep.int8_options["embedding_hot_rows"] == 20 and rep.hot_rows_source == "texts"
     nodes = {n.name: n for n in onnx.load(rep.int8_path).graph.node}
     cold = [n for name, n in nodes.items() if name.endswith("_split/cold_Q4")]
     assert len(cold) == 1 and cold[0].op_type == "GatherBlockQuantized"
     assert any(n.op_type == "Where" and name.endswith("_split/pick") for name, n in nodes.items())
 
 
-def test_cli_hot_rows_needs_frequency_data(exported: Path, tmp_path: Path) -> None:
+def _has_cold_table(int8_path: str) -> bool:
+    import onnx
+
+    return any(n.name.endswith("_split/cold_Q4") for n in onnx.load(int8_path).graph.node)
+
+
+def test_training_stores_token_counts_and_the_export_uses_them_by_default(exported: Path, tmp_path: Path) -> None:
+    """Hot rows need no training data at export time: train() wrote the counts; without counts, all rows 8-bit."""
+    import shutil
+
+    from rubricate.student.checkpoint import TOKEN_COUNTS_NAME, load_model, read_token_counts
+    from rubricate.student.export import export_checkpoint
+    from rubricate.student.onnx_tools import Int8Options
+
+    _, tok, _ = load_model(exported)
+    counts = read_token_counts(exported, len(tok))
+    gas, energy = tok.convert_tokens_to_ids("gas"), tok.convert_tokens_to_ids("energy")
+    assert counts[gas] == 12 and counts[energy] == 12  # one per training response of each task (serve_fakes)
+    assert counts[tok.cls_token_id] == 24 and counts.sum() > 24 * 5
+
+    ck = tmp_path / "ck"
+    shutil.copytree(exported, ck)
+    rep = export_checkpoint(ck, int8=True, int8_options=Int8Options(embedding_hot_rows=20))
+    assert rep.passed and rep.hot_rows_source == "checkpoint" and rep.notes == []
+    assert _has_cold_table(rep.int8_path)
+
+    rep = export_checkpoint(ck, int8=True)  # the default (8192 rows) covers the tiny vocabulary: no split
+    assert rep.int8_options["embedding_hot_rows"] is None and "vocabulary" in rep.notes[0]
+    assert not _has_cold_table(rep.int8_path)
+
+    (ck / TOKEN_COUNTS_NAME).unlink()  # a checkpoint saved before counts were stored
+    rep = export_checkpoint(ck, int8=True, int8_options=Int8Options(embedding_hot_rows=20))
+    assert rep.passed and rep.hot_rows_source is None and rep.int8_options["embedding_hot_rows"] is None
+    assert "no token counts" in rep.notes[0] and not _has_cold_table(rep.int8_path)
+
+
+def test_token_counts_add_to_a_base_and_bad_ids_are_refused(tmp_path: Path) -> None:
+    from rubricate.student.checkpoint import TOKEN_COUNTS_NAME, read_token_counts
+    from rubricate.student.data import token_counts
+
+    doc = token_counts([[1, 5, 5], [1, 7]], 64)
+    assert doc == {"n_rows": 2, "max_length": 64, "counts": {"1": 2, "5": 2, "7": 1}}
+    grown = token_counts([[5, 9]], 64, base=doc)  # add-task: the new rows join the base model's counts
+    assert grown["n_rows"] == 3 and grown["counts"] == {"1": 2, "5": 3, "7": 1, "9": 1}
+    (tmp_path / TOKEN_COUNTS_NAME).write_text(json.dumps(grown))
+    assert read_token_counts(tmp_path, 10).tolist() == [0, 2, 0, 0, 0, 3, 0, 1, 0, 1]
+    with pytest.raises(ValueError, match="token id 9 is outside"):
+        read_token_counts(tmp_path, 8)
+    assert read_token_counts(tmp_path / "none", 8) is None
+
+
+def test_cli_hot_rows_from_checkpoint_or_frequency_data(exported: Path, tmp_path: Path) -> None:
     import shutil
 
     from typer.testing import CliRunner
 
     from rubricate.cli import app
+    from rubricate.student.checkpoint import TOKEN_COUNTS_NAME
+
+    def said(res) -> str:  # rich wraps long lines at the terminal width
+        return " ".join(res.output.split())
 
     ck = tmp_path / "ck"
     shutil.copytree(exported, ck)
     res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20"])
-    assert res.exit_code != 0 and "--frequency-data" in res.output
+    assert res.exit_code == 0, res.output
+    assert "20 most frequent" in said(res) and "token counts: checkpoint" in said(res)
+    (ck / TOKEN_COUNTS_NAME).unlink()
+    res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20"])
+    assert res.exit_code == 0 and "no token counts" in said(res), res.output
     data = tmp_path / "texts.csv"
     data.write_text("response_id,text\n1,gas a and d have the same density\n2,the main idea is water\n")
     res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20", "--frequency-data", str(data)])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0 and "token counts: texts" in said(res), res.output
     bad = tmp_path / "bad.csv"
     bad.write_text("response_id,answer\n1,gas\n")
     res = CliRunner().invoke(app, ["export", str(ck), "--int8", "--hot-rows", "20", "--frequency-data", str(bad)])

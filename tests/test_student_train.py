@@ -12,6 +12,7 @@ import torch
 from rubricate.data.teacher_file import TeacherRow, read_teacher_file, write_teacher_file
 from rubricate.errors import InputError, UnknownTaskError
 from rubricate.student.adapt import AdaptArguments, add_task
+from rubricate.student.checkpoint import TOKEN_COUNTS_NAME
 from rubricate.student.scorer import Scorer
 from rubricate.student.teachers import (
     LLMTeacherArguments,
@@ -180,6 +181,10 @@ def test_add_task_freezes_encoder_old_heads_and_reports_forgetting(setup, tmp_pa
         assert res.old_after == res.old_before  # nothing shared moved
         assert res.trainable_share < 0.2
     assert 0 < res.trainable_share < 1
+    base = json.loads((Path(ck) / TOKEN_COUNTS_NAME).read_text())
+    grown = json.loads((Path(res.checkpoint_dir) / TOKEN_COUNTS_NAME).read_text())
+    assert grown["n_rows"] == base["n_rows"] + len(new_tr)  # the new rows' tokens join the base counts
+    assert all(grown["counts"].get(t, 0) >= n for t, n in base["counts"].items())
 
 
 def _spy_on_fit(monkeypatch) -> dict:

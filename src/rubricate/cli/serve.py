@@ -74,10 +74,11 @@ def export(
     tol_int8: float = typer.Option(_export_default("tolerance_int8"), help="Parity tolerance: max |dprob| vs torch for int8."),
     int8_exclude: Optional[str] = typer.Option(_INT8.exclude, "--int8-exclude", help="int8: regex of MatMul/Gemm "
                                                "node names kept in fp32."),
-    hot_rows: Optional[int] = typer.Option(_INT8.embedding_hot_rows, "--hot-rows", help="int8: keep the N word-"
-                                           "embedding rows most frequent in --frequency-data 8-bit, the rest 4-bit."),
+    hot_rows: Optional[int] = typer.Option(_INT8.embedding_hot_rows, "--hot-rows", help="int8: keep the N most "
+                                           "frequent word-embedding rows 8-bit, the rest 4-bit; 0: all 8-bit."),
     frequency_data: Optional[Path] = typer.Option(None, "--frequency-data", help="CSV, TSV, JSONL or Parquet with "
-                                                  "a text column (e.g. the training data) to count tokens on."),
+                                                  "a text column to count tokens on (default: the training "
+                                                  "counts stored in the checkpoint)."),
 ) -> None:
     """Export the whole student (encoder, MoE, heads; task id as an input) next to the checkpoint."""
     from rich.console import Console
@@ -90,8 +91,6 @@ def export(
     try:
         options = Int8Options(weight_block=weight_block, embedding_bits=embedding_bits or None, exclude=int8_exclude,
                               embedding_hot_rows=hot_rows or None)
-        if options.embedding_hot_rows and frequency_data is None:
-            raise typer.BadParameter("--hot-rows needs --frequency-data (the texts whose tokens are counted)")
         texts = _texts_of(frequency_data) if frequency_data is not None else None
         rep = export_checkpoint(model, int8=int8, opset=opset, tolerance_fp32=tol_fp32, tolerance_int8=tol_int8,
                                 int8_options=options, optimize=optimize, frequency_texts=texts)
@@ -105,6 +104,12 @@ def export(
         console.print(f"wrote {rep.int8_path} ({rep.size_mb['model.int8.onnx']:.1f} MB)")
         if rep.int8_excluded_nodes:
             console.print(f"int8: kept {rep.int8_excluded_nodes} MatMuls in fp32 (--int8-exclude)")
+        hot = (rep.int8_options or {}).get("embedding_hot_rows")
+        if hot:
+            console.print(f"int8: the {hot} most frequent word-embedding rows 8-bit, the rest 4-bit (token counts: "
+                          f"{rep.hot_rows_source})")
+        for note in rep.notes:
+            console.print(f"[yellow]note: {note}[/yellow]")
         console.print(f"parity int8: max |dprob| = {rep.max_abs_dprob_int8:.4f} (tolerance {rep.tolerance_int8})")
     console.print("[green]parity check passed[/green]")
 

@@ -51,7 +51,14 @@ from rubricate.data.records import Record
 from rubricate.errors import InputError
 from rubricate.labels import LabelEncoding
 from rubricate.student.arguments import AdaptArguments
-from rubricate.student.checkpoint import checkpoint_document, load_checkpoint, load_tasks, read_document, save_model
+from rubricate.student.checkpoint import (
+    TOKEN_COUNTS_NAME,
+    checkpoint_document,
+    load_checkpoint,
+    load_tasks,
+    read_document,
+    save_model,
+)
 from rubricate.student.data import (
     EncodedSet,
     attach_teacher,
@@ -60,6 +67,7 @@ from rubricate.student.data import (
     load_records,
     read_split,
     split_records,
+    token_counts,
 )
 from rubricate.student.inference import length_batches, pad_batch, run_batched
 from rubricate.student.modeling import StudentModel, encoder_layers
@@ -356,13 +364,18 @@ def add_task(checkpoint_dir: str | Path, new_tasks: Task | Sequence[Task], train
                          {t: v for t, v in evaluate()["per_task"].items() if t in new_ids}, before,
                          _agreement(model, old_eval_set, registry, encodings, pad_id, args.eval_batch_size,
                                     args.threshold), True, time.time() - t0, summary["history"])
-    _save_adapted(model, tok, registry, encodings, doc, args, result, out_dir)
+    base_counts = Path(checkpoint_dir) / TOKEN_COUNTS_NAME  # the new rows' tokens join the base model's counts
+    counts = token_counts(train_set.input_ids[: len(train_records)], model.config.max_length,
+                          base=json.loads(base_counts.read_text(encoding="utf-8")) if base_counts.exists() else None)
+    _save_adapted(model, tok, registry, encodings, doc, args, result, out_dir, counts)
     return result
 
 
 def _save_adapted(model: StudentModel, tok: Any, registry: TaskRegistry, encodings: dict[str, LabelEncoding],
-                  doc: dict[str, Any], args: AdaptArguments, result: AdaptResult, out_dir: str | Path) -> None:
-    """The adapted checkpoint (metrics gain an ``adaptation`` entry) and ``adaptation.json``."""
+                  doc: dict[str, Any], args: AdaptArguments, result: AdaptResult, out_dir: str | Path,
+                  counts: dict[str, Any]) -> None:
+    """The adapted checkpoint (metrics gain an ``adaptation`` entry; ``counts``: its token counts) and
+    ``adaptation.json``."""
     metrics = dict(doc.get("metrics", {}))
     metrics["adaptation"] = {k: v for k, v in result.to_dict().items() if k != "history"}
     recipe = {"base": doc.get("recipe"), "add_task": asdict(args)}
@@ -372,7 +385,8 @@ def _save_adapted(model: StudentModel, tok: Any, registry: TaskRegistry, encodin
         model, registry, encodings, recipe, metrics, model_id=Path(out_dir).name or "student",
         # the base checkpoint's decoder carries over: old tasks keep their cut points, a new task decodes with
         # the decoder's default for a task without cuts (rubricate.student.decoding.Decoder.decode_scores)
-        extra={"history": doc.get("history", []), "adapt_history": result.history, "decoder": doc.get("decoder")}))
+        extra={"history": doc.get("history", []), "adapt_history": result.history, "decoder": doc.get("decoder")}),
+        token_counts=counts)
     (Path(out_dir) / "adaptation.json").write_text(json.dumps(result.to_dict(), indent=2, default=str),
                                                    encoding="utf-8")
 

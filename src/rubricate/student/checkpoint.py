@@ -6,6 +6,9 @@ A student checkpoint is a folder::
                         "model_id", "model_version" (hash of the weights), "weights_sha256", "tasks" (registry
                         snapshot), "label_encodings", "recipe", "metrics", "history", "decoder", "parameters", ...}
     model.safetensors   the weights
+    token_counts.json   optional: how often each vocabulary id occurs in the training responses (truncated at
+                        max_length), {"n_rows", "max_length", "counts": {id: count}}; the int8 export keeps the
+                        most frequent word-embedding rows 8-bit (Int8Options.embedding_hot_rows)
     tokenizer files     whatever the encoder's tokenizer saves (tokenizer.json, tokenizer_config.json, ...)
     onnx/               optional, written by ``rubricate export`` (rubricate.student.export)
 
@@ -21,11 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from rubricate.labels import LabelEncoding
 from rubricate.tasks import TaskRegistry
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+TOKEN_COUNTS_NAME = "token_counts.json"
 FORMAT = "rubricate-student"
 FORMAT_VERSION = 1
 
@@ -75,8 +81,10 @@ def checkpoint_document(model: Any, registry: TaskRegistry, encodings: dict[str,
     return doc
 
 
-def save_model(model: Any, tokenizer: Any, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json`` (model config + ``extra``), ``model.safetensors`` and the tokenizer files."""
+def save_model(model: Any, tokenizer: Any, out_dir: str | Path, extra: dict[str, Any] | None = None,
+               token_counts: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json`` (model config + ``extra``), ``model.safetensors``, the tokenizer files and, when
+    given, ``token_counts.json`` (a :func:`rubricate.student.data.token_counts` document)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -90,7 +98,25 @@ def save_model(model: Any, tokenizer: Any, out_dir: str | Path, extra: dict[str,
     doc["weights_sha256"] = sha
     doc.setdefault("model_version", sha[:12])
     (out / CONFIG_NAME).write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
+    if token_counts is not None:
+        (out / TOKEN_COUNTS_NAME).write_text(json.dumps(token_counts), encoding="utf-8")
+    elif (out / TOKEN_COUNTS_NAME).exists():
+        (out / TOKEN_COUNTS_NAME).unlink()  # counts of an earlier model in this folder would mislead the export
     return out
+
+
+def read_token_counts(checkpoint_dir: str | Path, vocab_size: int) -> np.ndarray | None:
+    """The training token counts as a (vocab_size,) int64 array, or None for a checkpoint saved without them."""
+    path = Path(checkpoint_dir) / TOKEN_COUNTS_NAME
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for token, n in doc["counts"].items():
+        if not 0 <= int(token) < vocab_size:
+            raise ValueError(f"{path}: token id {token} is outside the tokenizer's vocabulary ({vocab_size})")
+        counts[int(token)] = int(n)
+    return counts
 
 
 def load_model(checkpoint_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:

@@ -82,6 +82,21 @@ def encode_records(records: Sequence[Record], tokenizer: Any, task_ids: Sequence
                       np.array([index[r.task_id] for r in records], dtype=np.int64), targets)
 
 
+def token_counts(input_ids: Sequence[Sequence[int]], max_length: int,
+                 base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How often each token id occurs in already truncated ``input_ids``, as the checkpoint's
+    ``token_counts.json`` document (sparse: ids never seen are left out), added to ``base`` when given
+    (add-task keeps the base model's counts). Counted at train time so that the int8 export knows which
+    word-embedding rows the responses use without being handed the training data again."""
+    counts: dict[int, int] = {int(k): int(v) for k, v in (base or {}).get("counts", {}).items()}
+    flat = np.concatenate([np.asarray(x, dtype=np.int64) for x in input_ids]) if len(input_ids) else np.zeros(0, int)
+    ids, n = np.unique(flat, return_counts=True)
+    for i, c in zip(ids.tolist(), n.tolist()):
+        counts[i] = counts.get(i, 0) + c
+    return {"n_rows": int((base or {}).get("n_rows", 0)) + len(input_ids), "max_length": int(max_length),
+            "counts": {str(k): v for k, v in sorted(counts.items())}}
+
+
 def attach_teacher(data: EncodedSet, teacher_file: str | Path, encodings: dict[str, LabelEncoding],
                    policy: AlignPolicy, eps: float, registry: TaskRegistry | None = None) -> int:
     """Join a teacher file to ``data`` by (task_id, response_id); returns the number of rows covered.

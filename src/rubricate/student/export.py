@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -76,6 +76,10 @@ class ExportReport:
     int8_options: dict[str, Any] | None = None  #: the :class:`Int8Options` used
     int8_excluded_nodes: int = 0  #: MatMul/Gemm nodes kept fp32 (``Int8Options.exclude``)
     fused_operators: dict[str, int] = field(default_factory=dict)  #: the transformer optimizer's fusions
+    #: where the token counts behind ``int8_options["embedding_hot_rows"]`` came from: "texts" (given to the
+    #: export), "checkpoint" (its ``token_counts.json``, written at train time) or None (no split)
+    hot_rows_source: str | None = None
+    notes: list[str] = field(default_factory=list)  #: what the export changed from what was asked, and why
     size_mb: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -252,16 +256,51 @@ def _texts_from_doc(doc: dict[str, Any]) -> list[str]:
     return [s for s in out if s.strip()][:12]
 
 
-def frequent_token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
-    """Every vocabulary id, most frequent in ``texts`` first (special tokens first of all; ties by id), for
-    ``Int8Options.embedding_hot_rows``: which word-embedding rows stay 8-bit."""
+def count_tokens(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """(vocab,) int64: how often each token id occurs in ``texts`` tokenized as the model sees them."""
     vocab = len(tokenizer)
     counts = np.zeros(vocab, dtype=np.int64)
     for i in range(0, len(texts), 1024):
         enc = tokenizer(list(texts[i:i + 1024]), truncation=True, max_length=max_length)["input_ids"]
         counts += np.bincount(np.concatenate([np.asarray(x, np.int64) for x in enc]), minlength=vocab)[:vocab]
-    counts[list(tokenizer.all_special_ids)] = np.iinfo(np.int64).max
+    return counts
+
+
+def hot_order(counts: np.ndarray, special_ids: Sequence[int]) -> np.ndarray:
+    """Every vocabulary id, most frequent first (special tokens first of all; ties by id), for
+    ``Int8Options.embedding_hot_rows``: which word-embedding rows stay 8-bit."""
+    counts = np.array(counts, dtype=np.int64)
+    counts[list(special_ids)] = np.iinfo(np.int64).max
     return np.argsort(-counts, kind="stable")
+
+
+def frequent_token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """:func:`hot_order` of the token counts of ``texts``."""
+    return hot_order(count_tokens(tokenizer, texts, max_length), tokenizer.all_special_ids)
+
+
+def _hot_rows(ckpt: Path, tokenizer: Any, options: Int8Options, texts: Sequence[str] | None,
+              max_length: int) -> tuple[Int8Options, np.ndarray | None, str | None, list[str]]:
+    """Resolve ``options.embedding_hot_rows``: the row order (from ``texts`` if given, else from the counts the
+    checkpoint stored at train time) or, when there is nothing to count or no row would be cold, every row
+    8-bit, said in a note. Returns (options used, hot order, its source, notes)."""
+    from rubricate.student.checkpoint import read_token_counts
+
+    n_hot = options.embedding_hot_rows
+    if not n_hot or options.embedding_bits != 8:
+        return options, None, None, []
+    if n_hot >= len(tokenizer):
+        return (replace(options, embedding_hot_rows=None), None, None,
+                [f"embedding_hot_rows {n_hot} >= vocabulary {len(tokenizer)}: every row stays 8-bit"])
+    if texts:
+        counts, source = count_tokens(tokenizer, texts, max_length), "texts"
+    else:
+        counts, source = read_token_counts(ckpt, len(tokenizer)), "checkpoint"
+    if counts is None:
+        return (replace(options, embedding_hot_rows=None), None, None,
+                ["the checkpoint has no token counts (saved before they were stored) and no frequency texts "
+                 "were given: every word-embedding row stays 8-bit (rubricate export --frequency-data FILE)"])
+    return options, hot_order(counts, tokenizer.all_special_ids), source, []
 
 
 def export_checkpoint(
@@ -281,7 +320,8 @@ def export_checkpoint(
 
     ``parity_texts``: inputs for the parity check (default: texts stored in the checkpoint plus
     built-in sentences); each is run under every task index. ``frequency_texts``: responses like those to be
-    scored (the training data), whose token counts choose the 8-bit rows of ``Int8Options.embedding_hot_rows``.
+    scored, whose token counts choose the 8-bit rows of ``Int8Options.embedding_hot_rows`` (default: the
+    training counts stored in the checkpoint; without either, every row stays 8-bit and the report says so).
     ``int8_options``: how the int8 graph is
     quantized (:class:`~rubricate.student.onnx_tools.Int8Options`). ``optimize``: run ONNX Runtime's
     transformer optimizer on the fp32 graph first (:func:`~rubricate.student.onnx_tools.optimize_graph`;
@@ -319,9 +359,10 @@ def export_checkpoint(
     out_int8: Path | None = None
     excluded: list[str] = []
     options = int8_options or Int8Options()
+    hot_source: str | None = None
+    notes: list[str] = []
     if int8:
-        count = bool(frequency_texts) and bool(options.embedding_hot_rows)  # tokenize only when it is used
-        hot = frequent_token_ids(tokenizer, frequency_texts, cfg.max_length) if count else None
+        options, hot, hot_source, notes = _hot_rows(ckpt, tokenizer, options, frequency_texts, cfg.max_length)
         out_int8, excluded = quantize_int8(fp32_path, int8_path, options, hot_ids=hot)
         d8 = max_prob_difference(ref_logits, onnx_logits(out_int8)[0], tidx, cfg.n_labels)
         sizes[INT8_NAME] = out_int8.stat().st_size / 2**20
@@ -333,7 +374,7 @@ def export_checkpoint(
         opset=opset, n_parity_inputs=int(len(tidx)), max_abs_dprob_fp32=d32,
         max_abs_dprob_int8=d8, tolerance_fp32=tolerance_fp32, tolerance_int8=tolerance_int8,
         max_abs_dgate_fp32=dgate, int8_options=asdict(options) if int8 else None, int8_excluded_nodes=len(excluded),
-        fused_operators=fused,
+        fused_operators=fused, hot_rows_source=hot_source, notes=notes,
         size_mb={k: round(v, 3) for k, v in sizes.items()},
         seconds=round(time.perf_counter() - t0, 2))
     (fp32_path.parent / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -60,6 +60,7 @@ from rubricate.student.data import (  # noqa: F401  (re-exported: older imports 
     concat_sets,
     encode_records,
     length_stats,
+    token_counts,
     load_records,
     resolve_inputs,
     resolve_inputs_with_test,
@@ -547,4 +548,5 @@ def _save(model: StudentModel, prep: _Prepared, registry: TaskRegistry, args: Tr
           metrics: dict[str, Any], decoder: Decoder, out: Path, history: list[dict[str, Any]]) -> None:
     save_model(model, prep.tokenizer, out,
                checkpoint_document(model, registry, prep.encodings, args, metrics, model_id=out.name or "student",
-                                   extra={"history": history, "decoder": decoder.to_dict()}))
+                                   extra={"history": history, "decoder": decoder.to_dict()}),
+               token_counts=token_counts(prep.train_set.input_ids, args.max_length))
