@@ -158,6 +158,9 @@ def test_refit_trains_on_train_plus_validation_for_the_chosen_epochs(trained, tm
     sel = json.loads((Path(res.checkpoint_dir) / "selection" / "config.json").read_text())
     final = json.loads((Path(res.checkpoint_dir) / "config.json").read_text())
     assert final["decoder"] == sel["decoder"]  # the cut points chosen on validation are kept
+    rows = {n: json.loads((Path(res.checkpoint_dir) / d / "token_counts.json").read_text())["n_rows"]
+            for n, d in (("selection", "selection"), ("final", "."))}
+    assert rows == {"selection": len(trained["tr"]), "final": len(trained["tr"]) + len(trained["va"])}
 
 
 def test_cross_fitted_students_never_see_their_rows_and_the_ensemble_scores_the_rest(trained, tmp_path) -> None:

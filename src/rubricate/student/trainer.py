@@ -529,24 +529,28 @@ def _train_one(args: TrainingArguments, registry: TaskRegistry, train_records: l
                                **info, **{k: v for k, v in summary.items() if k != "history"}}
     out = Path(args.output_dir)
     history = summary["history"]
+    seen = prep.train_set.input_ids  # the responses whose tokens the saved model was trained on
     if args.refit:
         epochs = chosen_epochs(summary, len(prep.train_set), args.batch_size)
         if epochs is None:
             raise InputError("refit needs validation data for early stopping to choose the epochs")
         if ctx.is_main:
-            _save(model, prep, registry, args, metrics, decoder, out / "selection", history)
+            _save(model, prep, registry, args, metrics, decoder, out / "selection", history, seen)
         model, refit_summary = _refit(args, prep, registry, epochs)
         metrics["refit"] = {"epochs": epochs, **{k: v for k, v in refit_summary.items() if k != "history"}}
         history = history + [{"refit": True, **h} for h in refit_summary["history"]]
+        seen = seen + prep.val_set.input_ids
     if ctx.is_main:
-        _save(model, prep, registry, args, metrics, decoder, out, history)
+        _save(model, prep, registry, args, metrics, decoder, out, history, seen)
     barrier(ctx)
     return TrainResult(out, metrics, history)
 
 
 def _save(model: StudentModel, prep: _Prepared, registry: TaskRegistry, args: TrainingArguments,
-          metrics: dict[str, Any], decoder: Decoder, out: Path, history: list[dict[str, Any]]) -> None:
+          metrics: dict[str, Any], decoder: Decoder, out: Path, history: list[dict[str, Any]],
+          seen: list[list[int]]) -> None:
+    """The checkpoint, with the token counts of ``seen`` (the rows it trained on) for the int8 export."""
     save_model(model, prep.tokenizer, out,
                checkpoint_document(model, registry, prep.encodings, args, metrics, model_id=out.name or "student",
                                    extra={"history": history, "decoder": decoder.to_dict()}),
-               token_counts=token_counts(prep.train_set.input_ids, args.max_length))
+               token_counts=token_counts(seen, args.max_length))
