@@ -97,6 +97,8 @@ def _instance(schema: dict[str, Any], words: list[str], score: int | None) -> An
 
 def make_handler(state: FakeState):
     class Handler(BaseHTTPRequestHandler):
+        _counted = False  # this request is counted in state.in_flight
+
         def log_message(self, *a: Any) -> None:  # keep test output clean
             pass
 
@@ -108,17 +110,25 @@ def make_handler(state: FakeState):
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
+            self._leave()  # before the bytes go out: once the client has them it may send its next request
             self.wfile.write(data)
+
+        def _leave(self) -> None:
+            """Count this request out of flight, once (by the reply, or by do_POST if no reply was sent)."""
+            with state.lock:
+                if self._counted:
+                    state.in_flight -= 1
+                    self._counted = False
 
         def do_POST(self) -> None:  # noqa: N802
             with state.lock:
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+                self._counted = True
             try:
                 self._post()
             finally:
-                with state.lock:
-                    state.in_flight -= 1
+                self._leave()
 
         def _post(self) -> None:
             req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
