@@ -110,11 +110,15 @@ def read_token_counts(checkpoint_dir: str | Path, vocab_size: int) -> np.ndarray
     path = Path(checkpoint_dir) / TOKEN_COUNTS_NAME
     if not path.exists():
         return None
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    return dense_counts(json.loads(path.read_text(encoding="utf-8")), vocab_size, str(path))
+
+
+def dense_counts(doc: dict[str, Any], vocab_size: int, source: str = "<token counts>") -> np.ndarray:
+    """A token-counts document (:func:`rubricate.student.data.token_counts`) as a (vocab_size,) int64 array."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for token, n in doc["counts"].items():
         if not 0 <= int(token) < vocab_size:
-            raise ValueError(f"{path}: token id {token} is outside the tokenizer's vocabulary ({vocab_size})")
+            raise ValueError(f"{source}: token id {token} is outside the tokenizer's vocabulary ({vocab_size})")
         counts[int(token)] = int(n)
     return counts
 

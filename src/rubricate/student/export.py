@@ -257,13 +257,13 @@ def _texts_from_doc(doc: dict[str, Any]) -> list[str]:
 
 
 def count_tokens(tokenizer: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
-    """(vocab,) int64: how often each token id occurs in ``texts`` tokenized as the model sees them."""
-    vocab = len(tokenizer)
-    counts = np.zeros(vocab, dtype=np.int64)
-    for i in range(0, len(texts), 1024):
-        enc = tokenizer(list(texts[i:i + 1024]), truncation=True, max_length=max_length)["input_ids"]
-        counts += np.bincount(np.concatenate([np.asarray(x, np.int64) for x in enc]), minlength=vocab)[:vocab]
-    return counts
+    """(vocab,) int64: how often each token id occurs in ``texts`` tokenized as the model sees them (the same
+    count that training stores in the checkpoint)."""
+    from rubricate.student.checkpoint import dense_counts
+    from rubricate.student.data import token_counts
+
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return dense_counts(token_counts(ids, max_length), len(tokenizer))
 
 
 def hot_order(counts: np.ndarray, special_ids: Sequence[int]) -> np.ndarray:
