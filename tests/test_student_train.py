@@ -298,10 +298,14 @@ def test_add_task_branch_mode_leaves_old_tasks_bit_identical(setup, tmp_path, de
     tids, texts = [r.task_id for r in rows], [r.text for r in rows]
     old = Scorer.from_pretrained(ck, backend="torch").predict(tids, texts)
     new_scorer = Scorer.from_pretrained(res.checkpoint_dir, backend="torch")
-    new = new_scorer.predict(tids + ["tiny-new"], texts + ["a new answer"])
+    # the same batch as before (a batch of another size may take other GEMM kernels: last-bit differences)
+    new = new_scorer.predict(tids, texts)
     for o, n in zip(old, new):
         assert list(o.probs.values()) == list(n.probs.values())
-    assert set(new[-1].probs) == set(LabelEncoding.from_task(setup["reg"].get("tiny-new")).names)
+    mixed = new_scorer.predict(tids + ["tiny-new"], texts + ["a new answer"])
+    for o, n in zip(old, mixed):  # beside a row of the new task: its own layers do not touch the old rows
+        assert list(n.probs.values()) == pytest.approx(list(o.probs.values()), abs=1e-6)
+    assert set(mixed[-1].probs) == set(LabelEncoding.from_task(setup["reg"].get("tiny-new")).names)
 
 
 def test_cli_add_task_branch_mode(setup, tmp_path) -> None:
