@@ -61,6 +61,9 @@ RUNS: dict[str, dict[str, Any]] = {
     "unimoe-len128": {"method": "unimoe", "second_rater": "ignore", "max_length": 128},
     "mtl": {"method": "mtl", "second_rater": "ignore"},
     "mtl-soft": {"method": "mtl", "second_rater": "soft"},
+    "mtl-soft-ema": {"method": "mtl", "second_rater": "soft", "ema_decay": 0.995},
+    "mtl-soft-llrd": {"method": "mtl", "second_rater": "soft", "layer_lr_decay": 0.85},
+    "mtl-soft-ema-llrd": {"method": "mtl", "second_rater": "soft", "ema_decay": 0.995, "layer_lr_decay": 0.85},
     "guided-students": {"method": "unimoe_guided", "second_rater": "soft", "teacher": "students"},
 }
 

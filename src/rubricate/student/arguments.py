@@ -55,6 +55,12 @@ class TrainingArguments(ModelOptions):
     weight_decay: float = 0.01  #: AdamW decoupled decay (not applied to biases, LayerNorms, embeddings)
     warmup_ratio: float = 0.1  #: linear warm-up over this share of the steps, then linear decay to 0
     max_grad_norm: float = 1.0
+    #: layer-wise learning rate of the encoder: transformer layer l (1..L) steps at lr_encoder * layer_lr_decay^(L-l),
+    #: the embeddings at lr_encoder * layer_lr_decay^L (the lower layers hold general language); 1.0: one rate
+    layer_lr_decay: float = 1.0
+    #: exponential moving average of the weights (torch.optim.swa_utils), updated after every optimizer step:
+    #: validation, early stopping and the saved model use the average (0.99 weighs about the last 100 steps); 0: off
+    ema_decay: float = 0.0
     bucket_batches: int = 50  #: length bucketing: sort by length within windows of this many batches
     seed: int = 42
     num_threads: int | None = None  #: torch CPU threads (None: torch's default)
@@ -99,6 +105,10 @@ class TrainingArguments(ModelOptions):
             self.decoder = DecoderArguments(kind=self.decoder)  # type: ignore[arg-type]
         if self.second_rater not in ("ignore", "soft", "duplicate"):
             raise ValueError(f"second_rater must be 'ignore', 'soft' or 'duplicate', got {self.second_rater!r}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.method == "unimoe_guided" and not self.teacher_file:
             raise ValueError("method 'unimoe_guided' needs a teacher_file (see `rubricate teach`)")
 

@@ -81,7 +81,7 @@ from rubricate.student.distributed import (
 )
 from rubricate.student.inference import pad_batch, run_model
 from rubricate.student.losses import EarlyStopping, bce_loss, distillation_loss, load_balancing_loss  # noqa: F401
-from rubricate.student.modeling import StudentModel
+from rubricate.student.modeling import StudentModel, encoder_layers
 from rubricate.tasks import TaskRegistry
 
 
@@ -177,6 +177,27 @@ def param_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float, weight_de
     return groups
 
 
+def encoder_param_groups(encoder: nn.Module, lr: float, weight_decay: float,
+                         layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
+    """:func:`param_groups` of the encoder, with layer-wise learning rates (``TrainingArguments.layer_lr_decay``).
+
+    Transformer layer l of L (1-based) steps at ``lr * layer_lr_decay**(L - l)``, the embeddings at
+    ``lr * layer_lr_decay**L`` and anything above the layers (a pooler) at ``lr``.
+    """
+    named = list(encoder.named_parameters())
+    if layer_lr_decay == 1.0:
+        return param_groups(named, lr, weight_decay)
+    layers = encoder_layers(encoder)
+    n = len(layers)
+    depth = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
+    by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    for name, p in named:
+        d = depth.get(id(p), 0 if "embeddings" in name else n)
+        by_depth.setdefault(d, []).append((name, p))
+    return [g for d in sorted(by_depth)
+            for g in param_groups(by_depth[d], lr * layer_lr_decay ** (n - d), weight_decay)]
+
+
 ForwardFn = Callable[[EncodedSet, np.ndarray], Any]
 
 
@@ -256,14 +277,16 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
         groups: list[dict[str, Any]], forward: ForwardFn,
         evaluate: Callable[[], dict[str, Any]] | None,
         use_kd: bool, grad_hook: Callable[[], None] | None = None, desc: str = "train",
-        anchor_weight: float = 0.0, anchor_temperature: float = 1.0, ctx: DistContext = SINGLE) -> dict[str, Any]:
+        anchor_weight: float = 0.0, anchor_temperature: float = 1.0, ctx: DistContext = SINGLE,
+        ema_decay: float = 0.0) -> dict[str, Any]:
     """Optimise ``model`` on ``train_set``; keep (and restore) the weights of the best evaluation.
 
     ``forward(data, rows)`` returns a :class:`StudentOutput` for a batch; ``evaluate()`` returns a dict
     with ``mean_agreement``. ``grad_hook`` runs after backward (add-task uses it to zero the gradients of
     frozen rows). With ``anchor_weight > 0`` and ``train_set.anchor`` set, the loss adds
     ``anchor_weight * distillation_loss(z, anchor, anchor_temperature)`` (self-distillation toward a
-    frozen copy of the model's own outputs). Under DDP (``ctx``) every rank draws the same global batches,
+    frozen copy of the model's own outputs). With ``ema_decay > 0`` an exponential moving average of the weights
+    is kept; evaluations, early stopping and the returned model use it. Under DDP (``ctx``) every rank draws the same global batches,
     trains on its shard and calls ``forward`` on the DDP module; rank 0 evaluates and shows the bar. Returns
     the training summary (history, best metric, steps, seconds).
     """
@@ -282,6 +305,7 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     eval_every = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
     params = [p for g in groups for p in g["params"]]
 
+    ema = _ema_model(model, ema_decay)
     stopper = EarlyStopping(args.early_stopping_patience, args.min_delta, args.early_stopping_floor)
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
@@ -305,11 +329,14 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                     torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
                 running = value if running is None else 0.9 * running + 0.1 * value
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
                 if evaluate is not None and (step % eval_every == 0 or step == total):
+                    live = _swap_in_average(model, ema)
                     res = _evaluate_now(evaluate, ctx)
                     last_val = res["mean_agreement"]
                     history.append({"step": step, "epoch": step / steps_per_epoch, "loss": running, **parts,
@@ -319,7 +346,9 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                     improved, stop = stopper.update(last_val)
                     if improved:
                         best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-                    elif stop:
+                    if live is not None:  # back to the raw weights the optimizer is stepping
+                        model.load_state_dict(live)
+                    if not improved and stop:
                         stopped_early = True
                         break
                 if step >= total:
@@ -328,10 +357,30 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    else:
+        _swap_in_average(model, ema)
     model.eval()
     return {"history": history, "best_val_mean_agreement": stopper.best if best_state is not None else None,
             "steps": step, "seconds": time.time() - t0, "stopped_early": stopped_early,
             "n_train": len(train_set)}
+
+
+def _ema_model(model: nn.Module, decay: float) -> Any:
+    """An exponential moving average of ``model``'s parameters (None when ``decay`` is 0)."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+
+def _swap_in_average(model: nn.Module, ema: Any) -> dict[str, torch.Tensor] | None:
+    """Load the averaged weights into ``model``; return a copy of the weights they replaced (None without EMA)."""
+    if ema is None:
+        return None
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.module.state_dict())
+    return live
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -452,13 +501,12 @@ def _fit_model(args: TrainingArguments, prep: _Prepared, registry: TaskRegistry,
             return evaluate_agreement(host_view(model, ctx), val_set, registry, prep.encodings, prep.pad_id,
                                       args.eval_batch_size, args.decoder.threshold)
 
-    enc_named = [(n, p) for n, p in model.named_parameters() if n.startswith("encoder.")]
     new_named = [(n, p) for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    groups = param_groups(enc_named, args.lr_encoder, args.weight_decay) + \
+    groups = encoder_param_groups(model.encoder, args.lr_encoder, args.weight_decay, args.layer_lr_decay) + \
         param_groups(new_named, args.lr_new, args.weight_decay)
     n = len(prep.tids)
     summary = fit(model, train_set, val_set, args, groups, forward, evaluate, args.use_kd,
-                  desc=f"{args.method} ({n} task{'s' if n > 1 else ''})", ctx=ctx)
+                  desc=f"{args.method} ({n} task{'s' if n > 1 else ''})", ctx=ctx, ema_decay=args.ema_decay)
     return model, summary
 
 
