@@ -17,8 +17,9 @@ with its wall time:
   item (QWK with a bootstrap interval, exact agreement, SMD, the human-human QWK of the same rows) and the
   operational-readiness check (QWK >= 0.70, degradation <= 0.10, |SMD| <= 0.15), and the AutoSCORE subset.
 
-Teacher runs (``--teacher``): cross-fitted multi-task students (``cross_fit_students``) as the teacher file
-of a UniMoE-Guided run; the teacher's own test score is its fold ensemble's.
+Teacher runs (a run's ``teacher`` key, one of ``TEACHERS``): cross-fitted multi-task students
+(``cross_fit_students``) as the teacher file of a UniMoE-Guided run, a step of their own (``teacher-<name>``);
+the teacher's own test score is its fold ensemble's (``eval-teacher-<name>``).
 ``--md`` writes every finished run into one Markdown file (default ``docs/benchmarks/student-ten.md``).
 """
 
@@ -49,9 +50,13 @@ AUTOSCORE_GPT4O = {"asap-sas-2": 0.717, "asap-sas-5": 0.743, "asap-sas-9": 0.629
 BASE_ARGS: dict[str, Any] = dict(encoder="minilm", epochs=3.0, batch_size=32, lr_encoder=1e-4, lr_new=1e-3,
                                  warmup_ratio=0.06, evals_per_epoch=2, early_stopping_patience=2, lambda_lb=0.01,
                                  n_experts=4, n_moe_layers=2, moe_placement="token", max_length=192)
-#: the cross-fitted teacher of ``guided-students``: MTL students, each trained on (folds-1)/folds of train
-TEACHER_FOLDS = 3
-TEACHER_ARGS: dict[str, Any] = {"method": "mtl", "epochs": 2.0, "second_rater": "soft"}
+#: cross-fitted teachers (``teacher`` key of a run): MTL students, each trained on (folds-1)/folds of train.
+#: "students" (3 folds, 2 epochs) was the first; "students4" gives each fold model 75% of train and the recipe's
+#: 3 epochs, to be stronger than the student it guides
+TEACHERS: dict[str, dict[str, Any]] = {
+    "students": {"folds": 3, "args": {"method": "mtl", "epochs": 2.0, "second_rater": "soft"}},
+    "students4": {"folds": 4, "args": {"method": "mtl", "epochs": 3.0, "second_rater": "soft"}},
+}
 RUNS: dict[str, dict[str, Any]] = {
     "unimoe": {"method": "unimoe", "second_rater": "ignore"},
     "unimoe-soft": {"method": "unimoe", "second_rater": "soft"},
@@ -65,6 +70,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "mtl-soft-llrd": {"method": "mtl", "second_rater": "soft", "layer_lr_decay": 0.85},
     "mtl-soft-ema-llrd": {"method": "mtl", "second_rater": "soft", "ema_decay": 0.995, "layer_lr_decay": 0.85},
     "guided-students": {"method": "unimoe_guided", "second_rater": "soft", "teacher": "students"},
+    "guided-students4": {"method": "unimoe_guided", "second_rater": "soft", "teacher": "students4"},
 }
 
 
@@ -137,7 +143,7 @@ class Bench:
         rid = self.run_id(name)
         teacher = cfg.pop("teacher", None)
         # the teacher is its own step (its cost reported apart from the student's), run before the student
-        teacher_path = self.teacher_students()["path"] if teacher == "students" else None
+        teacher_path = self.teacher_students(teacher)["path"] if teacher else None
 
         def run() -> dict[str, Any]:
             from rubricate.student.trainer import TrainingArguments, train
@@ -154,40 +160,44 @@ class Bench:
 
         return self.step(f"train-{rid}", run)
 
-    def teacher_students(self) -> dict[str, Any]:
-        """Cross-fitted MTL students (``TEACHER_FOLDS``) as the teacher file; their ensemble scores val/test/subset."""
+    def teacher_students(self, name: str = "students") -> dict[str, Any]:
+        """Cross-fitted MTL students (``TEACHERS[name]``) as the teacher file; their ensemble scores
+        val/test/subset. Step ``teacher-<name>``, file ``teacher_<name>.jsonl``."""
+        spec = TEACHERS[name]
+
         def run() -> dict[str, Any]:
             from rubricate.student.teachers import cross_fit_students
             from rubricate.student.trainer import TrainingArguments
 
-            path = self.out / "teacher_students.jsonl"
-            args = TrainingArguments(**{**BASE_ARGS, **TEACHER_ARGS, "seed": self.seed,
+            path = self.out / f"teacher_{name}.jsonl"
+            folder = "teacher-folds" if name == "students" else f"teacher-{name}-folds"
+            args = TrainingArguments(**{**BASE_ARGS, **spec["args"], "seed": self.seed,
                                         "num_threads": self.threads, "max_steps": self.max_steps,
-                                        "output_dir": str(self.out / "runs" / "teacher-folds")})
-            cross_fit_students(args, self.registry, self.parts["train"], path, folds=TEACHER_FOLDS,
+                                        "output_dir": str(self.out / "runs" / folder)})
+            cross_fit_students(args, self.registry, self.parts["train"], path, folds=spec["folds"],
                                val_records=self.parts["validation"],
                                predict_records=self.parts["validation"] + self.parts["test"] + self.autoscore)
-            method = f"{TEACHER_ARGS['method']}, {TEACHER_FOLDS}-fold teacher"
-            return {"path": str(path), "settings": {**TEACHER_ARGS, "method": method}}
+            method = f"{spec['args']['method']}, {spec['folds']}-fold teacher"
+            return {"path": str(path), "settings": {**spec["args"], "method": method}}
 
-        return self.step("teacher-students", run)
+        return self.step(f"teacher-{name}", run)
 
-    def eval_teacher(self, n_boot: int) -> dict[str, Any]:
+    def eval_teacher(self, n_boot: int, name: str = "students") -> dict[str, Any]:
         """The teacher's own score: its fold ensemble on validation / test / the AutoSCORE subset."""
         def run() -> dict[str, Any]:
             from rubricate.data.teacher_file import read_teacher_file
 
             part_of = {r.key: part for part in ("validation", "test") for r in self.parts[part]}
             part_of.update({r.key: "autoscore" for r in self.autoscore})
-            probs = self.out / "probs" / "teacher-students.jsonl"
+            probs = self.out / "probs" / f"teacher-{name}.jsonl"
             with probs.open("w") as f:
-                for key, row in read_teacher_file(self.teacher_students()["path"]).items():
+                for key, row in read_teacher_file(self.teacher_students(name)["path"]).items():
                     if key in part_of and row.extra.get("fold") == "ensemble":
                         f.write(json.dumps({"part": part_of[key], "task_id": key[0], "response_id": key[1],
                                             "probs": row.probs}) + "\n")
             return evaluate_probs(self, probs, n_boot)
 
-        return self.step("eval-teacher-students", run)
+        return self.step(f"eval-teacher-{name}", run)
 
     def write_probs(self, name: str, ckpt: Path) -> None:
         from rubricate.student.scorer import Scorer
@@ -290,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown run {name!r}; known: {sorted(RUNS)}")
             b.train_run(name)
             b.eval_run(name, a.n_boot)
-            if RUNS[name].get("teacher") == "students":
-                b.eval_teacher(a.n_boot)
+            if RUNS[name].get("teacher"):
+                b.eval_teacher(a.n_boot, RUNS[name]["teacher"])
     try:
         from asap_sas_ten_md import write_markdown  # sibling module: the tables
     except ImportError as e:

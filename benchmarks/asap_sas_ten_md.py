@@ -34,7 +34,7 @@ def _finished(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     for p in sorted((out / "results").glob("*.json")):
         if p.stem.startswith("train-"):
             trains[p.stem[6:]] = json.loads(p.read_text())
-        elif p.stem == "teacher-students":  # the teacher's cost and settings, shown as its own run
+        elif p.stem.startswith("teacher-"):  # a teacher's cost and settings, shown as its own run
             trains[p.stem] = json.loads(p.read_text())
         elif p.stem.startswith("eval-"):
             evals[p.stem[5:]] = json.loads(p.read_text())
