@@ -12,7 +12,8 @@ from torch import nn
 
 from rubricate.student.data import EncodedSet
 from rubricate.student.modeling import encoder_layers
-from rubricate.student.trainer import TrainingArguments, encoder_param_groups, fit, param_groups
+from rubricate.student.optim import encoder_param_groups, param_groups
+from rubricate.student.trainer import TrainingArguments, fit
 
 from tiny_models import make_tiny_encoder
 

@@ -40,7 +40,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from rubricate.data.records import Record
 from rubricate.errors import InputError
@@ -81,7 +80,13 @@ from rubricate.student.distributed import (
 )
 from rubricate.student.inference import pad_batch, run_model
 from rubricate.student.losses import EarlyStopping, bce_loss, distillation_loss, load_balancing_loss  # noqa: F401
-from rubricate.student.modeling import StudentModel, encoder_layers
+from rubricate.student.modeling import StudentModel
+from rubricate.student.optim import (  # noqa: F401  (param_groups re-exported)
+    ema_model,
+    encoder_param_groups,
+    param_groups,
+    swap_in_average,
+)
 from rubricate.tasks import TaskRegistry
 
 
@@ -156,46 +161,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def param_groups(named: Sequence[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Split into decayed / not decayed (biases, norms, embeddings are not decayed)."""
-    decay, no_decay = [], []
-    for n, p in named:
-        if not p.requires_grad:
-            continue
-        lname = n.lower()
-        if p.ndim < 2 or "norm" in lname or "embedding" in lname:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
-    return groups
-
-
-def encoder_param_groups(encoder: nn.Module, lr: float, weight_decay: float,
-                         layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
-    """:func:`param_groups` of the encoder, with layer-wise learning rates (``TrainingArguments.layer_lr_decay``).
-
-    Transformer layer l of L (1-based) steps at ``lr * layer_lr_decay**(L - l)``, the embeddings at
-    ``lr * layer_lr_decay**L`` and anything above the layers (a pooler) at ``lr``.
-    """
-    named = list(encoder.named_parameters())
-    if layer_lr_decay == 1.0:
-        return param_groups(named, lr, weight_decay)
-    layers = encoder_layers(encoder)
-    n = len(layers)
-    depth = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
-    by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
-    for name, p in named:
-        d = depth.get(id(p), 0 if "embeddings" in name else n)
-        by_depth.setdefault(d, []).append((name, p))
-    return [g for d in sorted(by_depth)
-            for g in param_groups(by_depth[d], lr * layer_lr_decay ** (n - d), weight_decay)]
 
 
 ForwardFn = Callable[[EncodedSet, np.ndarray], Any]
@@ -305,7 +270,7 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     eval_every = max(1, steps_per_epoch // max(1, args.evals_per_epoch))
     params = [p for g in groups for p in g["params"]]
 
-    ema = _ema_model(model, ema_decay)
+    ema = ema_model(model, ema_decay)
     stopper = EarlyStopping(args.early_stopping_patience, args.min_delta, args.early_stopping_floor)
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = []
@@ -336,7 +301,7 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                 bar.update(1)
                 bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
                 if evaluate is not None and (step % eval_every == 0 or step == total):
-                    live = _swap_in_average(model, ema)
+                    live = swap_in_average(model, ema)
                     res = _evaluate_now(evaluate, ctx)
                     last_val = res["mean_agreement"]
                     history.append({"step": step, "epoch": step / steps_per_epoch, "loss": running, **parts,
@@ -358,29 +323,11 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
-        _swap_in_average(model, ema)
+        swap_in_average(model, ema)
     model.eval()
     return {"history": history, "best_val_mean_agreement": stopper.best if best_state is not None else None,
             "steps": step, "seconds": time.time() - t0, "stopped_early": stopped_early,
             "n_train": len(train_set)}
-
-
-def _ema_model(model: nn.Module, decay: float) -> Any:
-    """An exponential moving average of ``model``'s parameters (None when ``decay`` is 0)."""
-    if decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-
-
-def _swap_in_average(model: nn.Module, ema: Any) -> dict[str, torch.Tensor] | None:
-    """Load the averaged weights into ``model``; return a copy of the weights they replaced (None without EMA)."""
-    if ema is None:
-        return None
-    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(ema.module.state_dict())
-    return live
 
 
 # --------------------------------------------------------------------------------------------------------
