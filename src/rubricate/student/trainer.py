@@ -251,9 +251,10 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
     frozen rows). With ``anchor_weight > 0`` and ``train_set.anchor`` set, the loss adds
     ``anchor_weight * distillation_loss(z, anchor, anchor_temperature)`` (self-distillation toward a
     frozen copy of the model's own outputs). With ``ema_decay > 0`` an exponential moving average of the weights
-    is kept; evaluations, early stopping and the returned model use it. Under DDP (``ctx``) every rank draws the same global batches,
-    trains on its shard and calls ``forward`` on the DDP module; rank 0 evaluates and shows the bar. Returns
-    the training summary (history, best metric, steps, seconds).
+    is kept; evaluations, early stopping and the returned model use it, the optimizer steps the raw weights.
+    Under DDP (``ctx``) every rank draws the same global batches, trains on its shard and calls ``forward`` on
+    the DDP module; rank 0 evaluates and shows the bar. Returns the training summary (history, best metric,
+    steps, seconds).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
