@@ -64,6 +64,11 @@ def swap_in_average(model: nn.Module, ema: Any) -> dict[str, torch.Tensor] | Non
     """Load the averaged weights into ``model``; return a copy of the weights they replaced (None without EMA)."""
     if ema is None:
         return None
-    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    live = state_copy(model)
     model.load_state_dict(ema.module.state_dict())
     return live
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``model``'s weights (the best evaluation's, or the raw ones under EMA)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

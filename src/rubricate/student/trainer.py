@@ -85,6 +85,7 @@ from rubricate.student.optim import (  # noqa: F401  (param_groups re-exported)
     ema_model,
     encoder_param_groups,
     param_groups,
+    state_copy,
     swap_in_average,
 )
 from rubricate.tasks import TaskRegistry
@@ -311,7 +312,7 @@ def fit(model: StudentModel, train_set: EncodedSet, val_set: EncodedSet | None, 
                     bar.set_postfix(loss=f"{running:.4f}", val=f"{last_val:.4f}")
                     improved, stop = stopper.update(last_val)
                     if improved:
-                        best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
+                        best_state = state_copy(model)
                     if live is not None:  # back to the raw weights the optimizer is stepping
                         model.load_state_dict(live)
                     if not improved and stop:
