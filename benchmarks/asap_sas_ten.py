@@ -170,10 +170,9 @@ class Bench:
             from rubricate.student.trainer import TrainingArguments
 
             path = self.out / f"teacher_{name}.jsonl"
-            folder = "teacher-folds" if name == "students" else f"teacher-{name}-folds"
             args = TrainingArguments(**{**BASE_ARGS, **spec["args"], "seed": self.seed,
                                         "num_threads": self.threads, "max_steps": self.max_steps,
-                                        "output_dir": str(self.out / "runs" / folder)})
+                                        "output_dir": str(self.out / "runs" / f"teacher-{name}-folds")})
             cross_fit_students(args, self.registry, self.parts["train"], path, folds=spec["folds"],
                                val_records=self.parts["validation"],
                                predict_records=self.parts["validation"] + self.parts["test"] + self.autoscore)
