@@ -71,6 +71,11 @@ RUNS: dict[str, dict[str, Any]] = {
     "mtl-soft-ema-llrd": {"method": "mtl", "second_rater": "soft", "ema_decay": 0.995, "layer_lr_decay": 0.85},
     "guided-students": {"method": "unimoe_guided", "second_rater": "soft", "teacher": "students"},
     "guided-students4": {"method": "unimoe_guided", "second_rater": "soft", "teacher": "students4"},
+    # the model a user ships: retrained on train + validation for the epochs early stopping chose; its selection
+    # run (the plain mtl-soft training) is scored too, as run mtl-soft-refit-selection
+    "mtl-soft-refit": {"method": "mtl", "second_rater": "soft", "refit": True},
+    # one model per item, one epoch more than the students (each sees a tenth of the steps), as in the 1-8 benchmark
+    "individual": {"method": "individual", "second_rater": "soft", "epochs": 4.0},
 }
 
 
@@ -148,13 +153,20 @@ class Bench:
         def run() -> dict[str, Any]:
             from rubricate.student.trainer import TrainingArguments, train
 
-            kw = {**BASE_ARGS, **cfg, "output_dir": str(self.out / "runs" / rid), "seed": self.seed,
+            ck = self.out / "runs" / rid
+            kw = {**BASE_ARGS, **cfg, "output_dir": str(ck), "seed": self.seed,
                   "num_threads": self.threads, "max_steps": self.max_steps}
             if teacher_path:
                 kw["teacher_file"] = str(teacher_path)
+            if cfg["method"] == "individual":
+                return self.train_individual(rid, kw)
             res = train(TrainingArguments(**kw), registry=self.registry, train_records=self.parts["train"],
                         val_records=self.parts["validation"])
-            self.write_probs(rid, Path(res.checkpoint_dir))
+            if cfg.get("refit"):  # validation probabilities from the selection model: the refit one saw them
+                self.write_probs(f"{rid}-selection", ck / "selection")
+                self.write_probs(rid, ck, val_ckpt=ck / "selection")
+            else:
+                self.write_probs(rid, ck)
             return {"settings": {k: v for k, v in kw.items() if k != "num_threads"},
                     "train": {k: v for k, v in res.metrics.items() if k not in ("val",)}}
 
@@ -198,23 +210,55 @@ class Bench:
 
         return self.step(f"eval-teacher-{name}", run)
 
-    def write_probs(self, name: str, ckpt: Path) -> None:
+    def train_individual(self, rid: str, kw: dict[str, Any]) -> dict[str, Any]:
+        """One checkpoint per item under ``runs/<rid>/<task>``; a rerun trains only the items still missing."""
+        from rubricate.student.trainer import TrainingArguments, train
+
+        ck = self.out / "runs" / rid
+        todo = [t for t in TASKS if not (ck / t / "config.json").exists()]
+        if todo:
+            log(f"individual: training {len(todo)} item(s): {', '.join(todo)}")
+            train(TrainingArguments(**{**kw, "task_ids": todo}), registry=self.registry,
+                  train_records=[r for r in self.parts["train"] if r.task_id in todo],
+                  val_records=[r for r in self.parts["validation"] if r.task_id in todo])
+        self.write_probs(rid, {t: ck / t for t in TASKS})
+        docs = {t: json.loads((ck / t / "config.json").read_text())["metrics"] for t in TASKS}
+        return {"settings": {k: v for k, v in kw.items() if k != "num_threads"},
+                "train": {"method": "individual", "retrained": todo,
+                          "per_task": {t: {k: d.get(k) for k in ("steps", "stopped_early", "best_val_mean_agreement")}
+                                       for t, d in docs.items()}}}
+
+    def write_probs(self, name: str, ckpt: Path | dict[str, Path], val_ckpt: Path | None = None) -> None:
+        """Validation / test / AutoSCORE-subset probabilities of a checkpoint (or one per task: Individual),
+        the validation ones from ``val_ckpt`` when given (a refit model has trained on validation)."""
         from rubricate.student.scorer import Scorer
 
-        s = Scorer.from_pretrained(ckpt, backend="torch")
+        scorers: dict[Path, Scorer] = {}
+
+        def probs_of(path: Path, recs: list) -> list[np.ndarray]:
+            if path not in scorers:
+                scorers[path] = Scorer.from_pretrained(path, backend="torch")
+            s = scorers[path]
+            logits, _ = s.predict_logits([r.task_id for r in recs], [r.text for r in recs])
+            probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+            return [p[: s.encodings[r.task_id].n_labels] for r, p in zip(recs, probs)]
+
         with (self.out / "probs" / f"{name}.jsonl").open("w") as f:
             for part, recs in (("validation", self.parts["validation"]), ("test", self.parts["test"]),
                                ("autoscore", self.autoscore)):
-                logits, _ = s.predict_logits([r.task_id for r in recs], [r.text for r in recs])
-                probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-                for r, p in zip(recs, probs):
-                    n = s.encodings[r.task_id].n_labels
-                    f.write(json.dumps({"part": part, "task_id": r.task_id, "response_id": r.response_id,
-                                        "probs": [round(float(x), 7) for x in p[:n]]}) + "\n")
+                src = val_ckpt if (part == "validation" and val_ckpt is not None) else ckpt
+                paths = src if isinstance(src, dict) else {t: src for t in TASKS}
+                for path in dict.fromkeys(paths.values()):
+                    group = [r for r in recs if paths[r.task_id] == path]
+                    for r, p in zip(group, probs_of(path, group)):
+                        f.write(json.dumps({"part": part, "task_id": r.task_id, "response_id": r.response_id,
+                                            "probs": [round(float(x), 7) for x in p]}) + "\n")
 
     # -- evaluation ----------------------------------------------------------------------------------
-    def eval_run(self, name: str, n_boot: int) -> dict[str, Any]:
-        rid = self.run_id(name)
+    def eval_run(self, name: str, n_boot: int, suffix: str = "") -> dict[str, Any]:
+        """Step ``eval-<run><suffix>`` from ``probs/<run><suffix>.jsonl`` (suffix "-selection": a refit's
+        selection model)."""
+        rid = self.run_id(name) + suffix
 
         def run() -> dict[str, Any]:
             return evaluate_probs(self, self.out / "probs" / f"{rid}.jsonl", n_boot)
@@ -299,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"unknown run {name!r}; known: {sorted(RUNS)}")
             b.train_run(name)
             b.eval_run(name, a.n_boot)
+            if RUNS[name].get("refit"):
+                b.eval_run(name, a.n_boot, suffix="-selection")
             if RUNS[name].get("teacher"):
                 b.eval_teacher(a.n_boot, RUNS[name]["teacher"])
     try:

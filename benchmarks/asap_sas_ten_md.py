@@ -45,7 +45,7 @@ def runs_table(L: list[str], trains: dict[str, Any], evals: dict[str, Any]) -> N
     L += ["| run | method | second rater | decoder | Fisher-z QWK [95% CI] | mean QWK | items ready | train min | load (start→end) |",
           "|---|---|---|---|---|---|---|---|---|"]
     for rid, ev in evals.items():
-        tr = trains.get(rid, {})
+        tr = trains.get(rid) or trains.get(rid.replace("-selection", ""), {})  # a refit's selection: its run
         st = tr.get("settings", {})
         for kind in DECODERS:
             t = ev[kind]["test"]
